@@ -1,0 +1,213 @@
+// vpctl: configures vpd endpoints with the QNX vpctl syntax.
+
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "control/grammar.hpp"
+#include "control/protocol.hpp"
+#include "ctl/output.hpp"
+#include "net/ifname.hpp"
+#include "sys/str.hpp"
+#include "sys/unix_socket.hpp"
+#include "vp/version.hpp"
+
+namespace {
+
+using vp::str;
+namespace control = vp::control;
+
+// Exit codes (vpctl(8)).
+constexpr int kDone = 0;
+constexpr int kRefused = 1;
+constexpr int kUsage = 2;
+constexpr int kUnreachable = 3;
+
+constexpr const char* kHelp =
+    "Usage: vpctl [--socket PATH] [--json] COMMAND\n"
+    "\n"
+    "Commands:\n"
+    "  vpctl list                      all endpoints, one per line\n"
+    "  vpctl version                   versions of vpctl and vpd\n"
+    "  vpctl create [SETTING...]       create the next free vpN (name=PREFIX for another prefix)\n"
+    "  vpctl NAME create [SETTING...]  create endpoint NAME\n"
+    "  vpctl NAME                      show one endpoint\n"
+    "  vpctl NAME SETTING...           change it; also up, down\n"
+    "  vpctl NAME destroy              remove it and its TAP device\n"
+    "\n"
+    "Settings: peer=PATH bind=PATH mac=MAC peerfeats=MASK legacy priority=N\n"
+    "  transport=vhost-user|stream|tap bridge=BR address=CIDR mtu=N, -peer -bind -peerfeats\n"
+    "  -bridge -legacy -address=CIDR, and offload toggles rxcsum txcsum rxcsum6 txcsum6\n"
+    "  tcp4csum udp4csum tcp6csum udp6csum tso4 tso6 (prefix - to disable).\n"
+    "\n"
+    "The control socket is --socket PATH, else $VPD_SOCKET, else /run/vpd/control.sock.\n"
+    "Exit status: 0 done, 1 refused by vpd, 2 usage error, 3 vpd not reachable.\n";
+
+int usage_error(const std::string& message) {
+  std::fprintf(stderr, "vpctl: %s\nTry 'vpctl --help'.\n", message.c_str());
+  return kUsage;
+}
+
+struct Reply {
+  int status = kDone;
+  control::Response response;
+};
+
+Reply call(const std::string& socket_path, const control::Request& request) {
+  Reply reply;
+  auto unreachable = [&](const std::string& why) {
+    std::fprintf(stderr,
+                 "vpctl: cannot reach vpd at %s: %s.\n"
+                 "Start it with `systemctl start vpd` (or run `vpd` as root), or point --socket "
+                 "or VPD_SOCKET at its control socket.\n",
+                 socket_path.c_str(), why.c_str());
+    reply.status = kUnreachable;
+    return reply;
+  };
+  auto fd = vp::connect_unix(socket_path);
+  if (!fd) {
+    std::string why = fd.error().message;
+    if (why.find("Permission denied") != std::string::npos) {
+      why += " (run vpctl as root or as a member of group vpd)";
+    }
+    return unreachable(why);
+  }
+  timeval timeout{30, 0};
+  ::setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  ::setsockopt(fd->get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+  const std::string line = control::encode(request);
+  size_t sent = 0;
+  while (sent < line.size()) {
+    const ssize_t n = ::send(fd->get(), line.data() + sent, line.size() - sent, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return unreachable(std::strerror(errno));
+    }
+    sent += static_cast<size_t>(n);
+  }
+  std::string in;
+  char buf[65536];
+  while (in.find('\n') == std::string::npos) {
+    const ssize_t n = ::recv(fd->get(), buf, sizeof buf, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      return unreachable("vpd did not answer within 30 seconds");
+    }
+    if (n <= 0) return unreachable("vpd closed the connection without an answer");
+    in.append(buf, static_cast<size_t>(n));
+  }
+  auto response = control::decode_response(in.substr(0, in.find('\n')));
+  if (!response) return unreachable("vpd's answer was not understood: " + response.error().message);
+  reply.response = std::move(*response);
+  reply.status = reply.response.ok ? kDone : kRefused;
+  return reply;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string socket_path = "/run/vpd/control.sock";
+  if (const char* env = std::getenv("VPD_SOCKET"); env && *env) socket_path = env;
+  bool json_output = false;
+  std::vector<std::string> words;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (!words.empty()) {  // after the command, everything is a setting (e.g. -rxcsum)
+      words.push_back(arg);
+    } else if (arg == "--json") {
+      json_output = true;
+    } else if (arg == "--socket" || arg.starts_with("--socket=")) {
+      if (arg == "--socket") {
+        if (i + 1 >= argc) return usage_error("--socket needs a path");
+        socket_path = argv[++i];
+      } else {
+        socket_path = arg.substr(9);
+      }
+      if (socket_path.empty()) return usage_error("--socket needs a path");
+    } else if (arg == "--help" || arg == "-h" || arg == "help") {
+      std::fputs(kHelp, stdout);
+      return kDone;
+    } else if (arg == "--version") {
+      std::printf("vpctl %s\n", vp::kVersion);
+      return kDone;
+    } else if (arg.starts_with("-")) {
+      return usage_error(str("unknown option ", arg));
+    } else {
+      words.push_back(arg);
+    }
+  }
+  if (words.empty()) return usage_error("no command given");
+
+  control::Request request;
+  const std::string& first = words.front();
+  if (first == "list" || first == "version") {
+    if (words.size() > 1) return usage_error(str("'", first, "' takes no arguments"));
+    request.op = first == "list" ? control::op::kList : control::op::kHello;
+  } else if (first == "create") {
+    request.op = control::op::kCreate;
+    request.args.assign(words.begin() + 1, words.end());
+  } else {
+    if (first.find('=') != std::string::npos || first.starts_with("-")) {
+      return usage_error(str("'", first,
+                             "' looks like a setting; name the endpoint first, e.g. "
+                             "`vpctl vp0 ",
+                             first, "`"));
+    }
+    if (auto ok = vp::net::validate_ifname(first); !ok) return usage_error(ok.error().message);
+    if (control::is_keyword(first)) {
+      return usage_error(str("'", first, "' is not a command; see `vpctl --help`"));
+    }
+    request.endpoint = first;
+    std::vector<std::string> rest(words.begin() + 1, words.end());
+    if (rest.empty() || (rest.size() == 1 && rest.front() == "show")) {
+      request.op = control::op::kShow;
+    } else if (rest.front() == "create") {
+      request.op = control::op::kCreate;
+      request.args.assign(rest.begin() + 1, rest.end());
+    } else if (rest.front() == "destroy") {
+      request.op = control::op::kDestroy;
+      if (rest.size() > 1) return usage_error("destroy takes no other settings");
+    } else {
+      request.op = control::op::kSet;
+      request.args = std::move(rest);
+    }
+  }
+
+  Reply reply = call(socket_path, request);
+  if (reply.status == kUnreachable) {
+    if (request.op == control::op::kHello) std::printf("vpctl %s\n", vp::kVersion);
+    return kUnreachable;
+  }
+  const control::Response& r = reply.response;
+  for (const auto& w : r.warnings) std::fprintf(stderr, "vpctl: warning: %s\n", w.c_str());
+  if (json_output) {
+    nlohmann::json out =
+        r.ok ? r.result
+             : nlohmann::json{{"error", {{"code", r.error.code}, {"message", r.error.message}}}};
+    std::printf("%s\n", out.dump(2).c_str());
+  }
+  if (!r.ok) {
+    std::fprintf(stderr, "vpctl: %s (%s)\n", r.error.message.c_str(), r.error.code.c_str());
+    return kRefused;
+  }
+  if (json_output) return kDone;
+  if (request.op == control::op::kHello) {
+    std::printf("vpctl %s\nvpd %s (control protocol %d, %d endpoints)\n", vp::kVersion,
+                r.result.value("version", std::string("?")).c_str(), r.result.value("protocol", 0),
+                r.result.value("endpoints", 0));
+  } else if (request.op == control::op::kList) {
+    std::fputs(vp::ctl::format_list(r.result).c_str(), stdout);
+  } else if (request.op == control::op::kDestroy || r.result.contains("destroyed")) {
+    std::printf("%s destroyed\n", request.endpoint.c_str());
+  } else {
+    std::fputs(vp::ctl::format_show(r.result).c_str(), stdout);
+  }
+  return kDone;
+}

@@ -1,0 +1,137 @@
+#include "ctl/output.hpp"
+
+#include <algorithm>
+#include <vector>
+
+namespace vp::ctl {
+
+using nlohmann::json;
+
+namespace {
+
+std::string text(const json& j, const char* key, std::string_view fallback = "-") {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return std::string(fallback);
+  if (it->is_string()) {
+    return it->get<std::string>().empty() ? std::string(fallback) : it->get<std::string>();
+  }
+  return it->dump();
+}
+
+std::string joined(const json& j, const char* key, std::string_view sep = " ") {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_array() || it->empty()) return "-";
+  std::string out;
+  for (const auto& v : *it) {
+    if (!out.empty()) out += sep;
+    out += v.is_string() ? v.get<std::string>() : v.dump();
+  }
+  return out;
+}
+
+const json& status_of(const json& e) {
+  static const json kEmpty = json::object();
+  auto it = e.find("status");
+  return it != e.end() && it->is_object() ? *it : kEmpty;
+}
+
+std::string state_word(const json& e) {
+  const json& s = status_of(e);
+  std::string link = text(s, "link", "?");
+  if (!status_of(e).value("problems", json::array()).empty()) link += "!";
+  return link;
+}
+
+std::string socket_of(const json& e) {
+  const std::string bind = text(e, "bind", "");
+  const std::string peer = text(e, "peer", "");
+  if (!bind.empty()) return "bind=" + bind;
+  if (!peer.empty()) return "peer=" + peer;
+  return "-";
+}
+
+std::string toggles_line(const json& e) {
+  static const char* kAll[] = {"rxcsum",   "txcsum",   "rxcsum6",  "txcsum6", "tcp4csum",
+                               "udp4csum", "tcp6csum", "udp6csum", "tso4",    "tso6"};
+  const std::string on = "," + text(e, "toggles", "") + ",";
+  std::string off;
+  for (const char* t : kAll) {
+    if (on.find(std::string(",") + t + ",") == std::string::npos) off += std::string(" -") + t;
+  }
+  return off.empty() ? "all on" : "off:" + off;
+}
+
+}  // namespace
+
+std::string format_list(const json& endpoints) {
+  std::vector<std::vector<std::string>> rows{
+      {"NAME", "TRANSPORT", "STATE", "MAC", "MTU", "BRIDGE", "ADDRESSES", "SOCKET"}};
+  if (endpoints.is_array()) {
+    for (const auto& e : endpoints) {
+      rows.push_back({text(e, "name"), text(e, "transport"), state_word(e), text(e, "mac"),
+                      text(e, "mtu"), text(e, "bridge"), joined(e, "addresses", ","),
+                      socket_of(e)});
+    }
+  }
+  std::vector<size_t> width(rows.front().size(), 0);
+  for (const auto& row : rows) {
+    for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+  }
+  std::string out;
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      line += row[i];
+      if (i + 1 < row.size()) line += std::string(width[i] - row[i].size() + 2, ' ');
+    }
+    out += line + "\n";
+  }
+  if (rows.size() == 1)
+    out += "(no endpoints; create one with `vpctl create` or `vpctl vp0 create`)\n";
+  return out;
+}
+
+std::string format_show(const json& e) {
+  const json& s = status_of(e);
+  std::string link = text(s, "link", "?");
+  if (link == "up") {
+    link += s.value("carrier", false) ? ", carrier on" : ", no carrier (no guest attached)";
+  }
+  std::string peerfeats = text(e, "peerfeats", "");
+  if (peerfeats.empty()) peerfeats = "default (everything vpd supports)";
+  std::vector<std::pair<std::string, std::string>> lines{
+      {"name", text(e, "name")},
+      {"transport", text(e, "transport")},
+      {"bind", text(e, "bind")},
+      {"peer", text(e, "peer")},
+      {"mac", text(e, "mac")},
+      {"mtu", text(e, "mtu")},
+      {"bridge", text(e, "bridge")},
+      {"addresses", joined(e, "addresses")},
+      {"admin state", e.value("up", false) ? "up" : "down"},
+      {"link", link},
+      {"ifindex", text(s, "ifindex")},
+      {"peerfeats", peerfeats},
+      {"features", text(s, "features")},
+      {"features mask", text(s, "features_hex")},
+      {"tun offloads", text(s, "tun_offloads")},
+      {"vnet header",
+       text(s, "vnet_hdr_len") + " bytes" + (e.value("legacy", false) ? " (legacy)" : "")},
+      {"toggles", toggles_line(e)},
+      {"priority", text(e, "priority")},
+      {"guest", text(s, "guest")},
+  };
+  const std::string declared = text(s, "declared", "");
+  lines.emplace_back("declared", declared.empty() ? "at run time (vpctl)" : declared);
+  if (auto p = s.find("problems"); p != s.end() && p->is_array()) {
+    for (const auto& problem : *p) lines.emplace_back("problem", problem.get<std::string>());
+  }
+  size_t width = 0;
+  for (const auto& [k, v] : lines) width = std::max(width, k.size());
+  std::string out;
+  for (const auto& [k, v] : lines)
+    out += k + ":" + std::string(width - k.size() + 1, ' ') + v + "\n";
+  return out;
+}
+
+}  // namespace vp::ctl

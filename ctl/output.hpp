@@ -1,0 +1,14 @@
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace vp::ctl {
+
+/// `vpctl list`: one aligned row per endpoint.
+std::string format_list(const nlohmann::json& endpoints);
+/// `vpctl vp0`: one "key: value" line per setting and status item.
+std::string format_show(const nlohmann::json& endpoint);
+
+}  // namespace vp::ctl

@@ -1,0 +1,168 @@
+#include "daemon/control_server.hpp"
+
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "sys/log.hpp"
+
+namespace vp::daemon {
+
+ControlServer::ControlServer(Fd listener, int epoll_fd, Handler handler)
+    : listener_(std::move(listener)), epoll_fd_(epoll_fd), handler_(std::move(handler)) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = listener_.get();
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listener_.get(), &ev);
+}
+
+void ControlServer::on_event(int fd, uint32_t events) {
+  if (fd == listener_.get()) {
+    accept_all();
+    return;
+  }
+  auto it = clients_.find(fd);
+  if (it == clients_.end()) return;
+  Client& c = it->second;
+  if (events & EPOLLOUT) flush(c);
+  if (!clients_.contains(fd)) return;
+  if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) read_from(c);
+}
+
+void ControlServer::accept_all() {
+  for (;;) {
+    Fd fd(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (!fd) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno != EAGAIN) log::warning("control socket: accept: ", std::strerror(errno));
+      return;
+    }
+    if (clients_.size() >= kMaxClients) {
+      static constexpr char kBusy[] =
+          "{\"version\":1,\"ok\":false,\"error\":{\"code\":\"busy\",\"message\":\"vpd has too "
+          "many control connections open; try again\"}}\n";
+      (void)!::send(fd.get(), kBusy, sizeof kBusy - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+      continue;
+    }
+    const int raw = fd.get();
+    Client c;
+    c.peer = peer_credentials(raw);
+    c.fd = std::move(fd);
+    c.last_active = std::chrono::steady_clock::now();
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = raw;
+    if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, raw, &ev) != 0) continue;
+    clients_.emplace(raw, std::move(c));
+  }
+}
+
+void ControlServer::read_from(Client& c) {
+  const int fd = c.fd.get();
+  char buf[16384];
+  for (;;) {
+    const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0) {
+      c.last_active = std::chrono::steady_clock::now();
+      if (!c.closing) c.in.append(buf, static_cast<size_t>(n));
+      process_lines(c, false);
+      if (!clients_.contains(fd)) return;
+      continue;
+    }
+    if (n == 0) {  // the client finished sending
+      process_lines(c, true);
+      if (!clients_.contains(fd)) return;
+      c.closing = true;
+      flush(c);
+      return;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN) close_client(fd);
+    return;
+  }
+}
+
+void ControlServer::process_lines(Client& c, bool at_eof) {
+  const int fd = c.fd.get();
+  for (;;) {
+    if (c.closing) {
+      c.in.clear();
+      break;
+    }
+    size_t nl = c.in.find('\n');
+    if (nl == std::string::npos) {
+      if (c.in.size() > control::kMaxRequestBytes) {
+        c.out += control::encode(control::error_response(
+            {"request-too-large", "the request is longer than 64 KiB; vpd closed the connection"}));
+        c.closing = true;
+        c.in.clear();
+        break;
+      }
+      if (!at_eof || c.in.find_first_not_of(" \t\r") == std::string::npos) break;
+      nl = c.in.size();  // the last request may end at EOF instead of a newline
+    }
+    std::string line = c.in.substr(0, nl);
+    c.in.erase(0, nl + 1 > c.in.size() ? c.in.size() : nl + 1);
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    auto request = control::decode_request(line);
+    control::Response response =
+        request ? handler_(*request, c.peer) : control::error_response(request.error());
+    c.out += control::encode(response);
+  }
+  flush(c);
+  (void)fd;
+}
+
+void ControlServer::flush(Client& c) {
+  const int fd = c.fd.get();
+  while (!c.out.empty()) {
+    const ssize_t n = ::send(fd, c.out.data(), c.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      c.out.erase(0, static_cast<size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) break;
+    close_client(fd);
+    return;
+  }
+  if (c.out.size() > kMaxPendingOutput) {
+    log::warning("control socket: closing a client (pid ", c.peer.pid,
+                 ") that does not read its responses");
+    close_client(fd);
+    return;
+  }
+  if (c.out.empty() && c.closing) {
+    close_client(fd);
+    return;
+  }
+  update_interest(c);
+}
+
+void ControlServer::update_interest(Client& c) {
+  epoll_event ev{};
+  ev.events = (c.closing ? 0u : static_cast<uint32_t>(EPOLLIN)) |
+              (c.out.empty() ? 0u : static_cast<uint32_t>(EPOLLOUT));
+  ev.data.fd = c.fd.get();
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, c.fd.get(), &ev);
+}
+
+void ControlServer::close_client(int fd) {
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+  clients_.erase(fd);
+}
+
+void ControlServer::sweep_idle() {
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<int> idle;
+  for (const auto& [fd, c] : clients_) {
+    if (now - c.last_active > kIdleTimeout) idle.push_back(fd);
+  }
+  for (int fd : idle) close_client(fd);
+}
+
+}  // namespace vp::daemon

@@ -1,0 +1,262 @@
+// vpd: gives each guest a host-side network interface vpN and is its virtio-net peer.
+
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <optional>
+
+#include "control/config_file.hpp"
+#include "control/state_file.hpp"
+#include "daemon/control_server.hpp"
+#include "daemon/options.hpp"
+#include "daemon/registry.hpp"
+#include "net/mac.hpp"
+#include "sys/log.hpp"
+#include "sys/str.hpp"
+#include "sys/unix_socket.hpp"
+#include "vp/version.hpp"
+
+namespace vp::daemon {
+namespace {
+
+/// Sends STOPPING=1 however run() ends.
+struct StoppingGuard {
+  ~StoppingGuard() { sd_notify(0, "STOPPING=1"); }
+};
+
+/// The control socket: the one systemd passed (socket activation) or our own.
+Result<Fd> control_socket(const std::string& path, bool& activated) {
+  const int n = sd_listen_fds(1);
+  for (int i = 0; i < n; ++i) {
+    const int fd = SD_LISTEN_FDS_START + i;
+    if (sd_is_socket_unix(fd, SOCK_STREAM, 1, nullptr, 0) > 0) {
+      activated = true;
+      const int flags = ::fcntl(fd, F_GETFL);
+      ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+      return Fd(fd);
+    }
+  }
+  activated = false;
+  // Group vpd may use the socket when that group exists; otherwise root only.
+  const group* g = ::getgrnam("vpd");
+  if (g) return listen_unix(path, 0660, g->gr_gid);
+  return listen_unix(path, 0600);
+}
+
+/// Reads and checks every declaration: the config file, then the command line.
+Result<std::vector<control::ConfigEntry>> read_declarations(const Options& o) {
+  auto entries = control::read_config_file(o.config);
+  if (!entries) return entries;
+  auto cmdline = control::parse_command_line_specs(o.endpoint_specs);
+  if (!cmdline) return cmdline;
+  for (auto& e : *cmdline) {
+    for (const auto& f : *entries) {
+      if (!e.name.empty() && e.name == f.name) {
+        return fail("conflicting-settings",
+                    str(e.origin, ": ", e.name, " is also declared at ", f.origin));
+      }
+    }
+    entries->push_back(std::move(e));
+  }
+  // Each declaration must also make a valid endpoint on its own.
+  for (const auto& e : *entries) {
+    control::EndpointConfig probe;
+    probe.name = e.name.empty() ? "vp0" : e.name;
+    probe.mac = net::stable_mac("check", probe.name);
+    if (auto ok = control::apply_change(probe, e.change); !ok) {
+      return fail(ok.error().code, str(e.origin, ": ", ok.error().message));
+    }
+  }
+  return entries;
+}
+
+std::string status_line(const Registry& r, const std::string& socket) {
+  std::string s = str("STATUS=", r.size(), " endpoint", r.size() == 1 ? "" : "s");
+  if (const size_t t = r.troubled()) s += str(" (", t, " with problems, see vpctl list)");
+  s += str("; control socket ", socket);
+  return s;
+}
+
+int run(const Options& o) {
+  if (o.verbose) log::set_threshold(log::Level::kDebug);
+  auto declarations = read_declarations(o);
+  if (!declarations) {
+    log::error(declarations.error().message);
+    return 1;
+  }
+  if (o.check_config) {
+    std::printf("%s: %zu endpoint declaration%s, no errors\n", o.config.c_str(),
+                declarations->size(), declarations->size() == 1 ? "" : "s");
+    return 0;
+  }
+  if (::geteuid() != 0) {
+    log::warning("vpd is not running as root; creating TAP devices needs CAP_NET_ADMIN");
+  }
+
+  StoppingGuard stopping;
+  for (const auto* dir : {&o.runtime_dir, &o.state_dir}) {
+    if (auto ok = make_directories(*dir, 0755); !ok) {
+      log::error(ok.error().message);
+      return 1;
+    }
+  }
+  // One vpd per state directory.
+  const std::string lock_path = o.state_dir + "/vpd.lock";
+  Fd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!lock || ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
+    log::error("another vpd is already running with state directory ", o.state_dir, " (", lock_path,
+               " is locked)");
+    return 1;
+  }
+
+  const std::string state_path = o.state_dir + "/state.json";
+  auto state = control::load_state(state_path);
+  if (!state && state.error().code == "state-corrupt") {
+    auto aside = control::set_aside(state_path);
+    if (!aside) {
+      log::error("the state file is corrupt (", state.error().message,
+                 ") and could not be set aside: ", aside.error().message,
+                 "; vpd will not overwrite it, so it stops here");
+      return 1;
+    }
+    log::error("the state file is corrupt (", state.error().message, "); kept it as ", *aside,
+               " and started from the declared endpoints only");
+    state = control::State{};
+  }
+  if (!state) {
+    log::error(state.error().message);
+    return 1;
+  }
+
+  auto netlink = net::Netlink::open();
+  if (!netlink) {
+    log::error(netlink.error().message);
+    return 1;
+  }
+  Registry registry(std::move(*netlink), {o.runtime_dir, state_path}, net::read_machine_id());
+  sd_notify(0, "STATUS=restoring saved endpoints");
+  registry.restore(*state);
+  registry.apply_declarations(*declarations);
+
+  Fd epoll(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll) {
+    log::error("epoll_create1: ", std::strerror(errno));
+    return 1;
+  }
+  const std::string socket_path = o.runtime_dir + "/control.sock";
+  bool activated = false;
+  auto listener = control_socket(socket_path, activated);
+  if (!listener) {
+    log::error("control socket: ", listener.error().message);
+    return 1;
+  }
+  ControlServer server(std::move(*listener), epoll.get(),
+                       [&](const control::Request& request, const PeerCredentials& peer) {
+                         const Caller caller{str("uid ", peer.uid, " pid ", peer.pid)};
+                         return registry.handle(request, caller);
+                       });
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&signals, s);
+  ::sigprocmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+  Fd sigfd(::signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC));
+
+  // One periodic tick: the watchdog (at half its interval) and idle-client sweeping.
+  uint64_t watchdog_usec = 0;
+  const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0;
+  uint64_t tick_usec = 5'000'000;
+  if (watchdog)
+    tick_usec = std::min<uint64_t>(tick_usec, std::max<uint64_t>(watchdog_usec / 2, 1000));
+  Fd timer(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+  itimerspec spec{};
+  spec.it_interval.tv_sec = static_cast<time_t>(tick_usec / 1'000'000);
+  spec.it_interval.tv_nsec = static_cast<long>(tick_usec % 1'000'000 * 1000);
+  spec.it_value = spec.it_interval;
+  ::timerfd_settime(timer.get(), 0, &spec, nullptr);
+
+  for (int fd : {sigfd.get(), timer.get()}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    ::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &ev);
+  }
+
+  log::notice("vpd ", kVersion, " ready: ", registry.size(), " endpoint",
+              registry.size() == 1 ? "" : "s", ", control socket ", socket_path,
+              activated ? " (from systemd)" : "");
+  sd_notify(0, str("READY=1\n", status_line(registry, socket_path)).c_str());
+  if (watchdog) sd_notify(0, "WATCHDOG=1");
+
+  for (;;) {
+    epoll_event events[32];
+    const int n = ::epoll_wait(epoll.get(), events, 32, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      log::error("epoll_wait: ", std::strerror(errno));
+      return 1;
+    }
+    for (int i = 0; i < n; ++i) {
+      const int fd = events[i].data.fd;
+      if (fd == sigfd.get()) {
+        signalfd_siginfo si{};
+        while (::read(sigfd.get(), &si, sizeof si) == sizeof si) {
+          if (si.ssi_signo == SIGHUP) {
+            sd_notify(0, "RELOADING=1\nSTATUS=reloading the configuration");
+            auto again = read_declarations(o);
+            if (!again) {
+              log::error("reload refused, endpoints left as they are: ", again.error().message);
+            } else {
+              registry.apply_declarations(*again);
+              log::notice("configuration reloaded from ", o.config);
+            }
+            sd_notify(0, str("READY=1\n", status_line(registry, socket_path)).c_str());
+          } else {
+            log::notice("stopping on signal ", static_cast<int>(si.ssi_signo),
+                        "; TAP devices stay for the next start");
+            return 0;
+          }
+        }
+      } else if (fd == timer.get()) {
+        uint64_t ticks = 0;
+        (void)!::read(timer.get(), &ticks, sizeof ticks);
+        if (watchdog) sd_notify(0, "WATCHDOG=1");
+        server.sweep_idle();
+      } else if (server.owns(fd)) {
+        server.on_event(fd, events[i].events);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace vp::daemon
+
+int main(int argc, char** argv) {
+  auto options = vp::daemon::parse_options(argc, argv);
+  if (!options) {
+    std::fprintf(stderr, "vpd: %s\n", options.error().message.c_str());
+    return 2;
+  }
+  if (options->help) {
+    std::fputs(vp::daemon::kUsage, stdout);
+    return 0;
+  }
+  if (options->version) {
+    std::printf("vpd %s (control protocol %d)\n", vp::kVersion, vp::kProtocolVersion);
+    return 0;
+  }
+  return vp::daemon::run(*options);
+}

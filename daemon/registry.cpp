@@ -1,0 +1,500 @@
+#include "daemon/registry.hpp"
+
+#include <algorithm>
+#include <set>
+
+#include "net/ifname.hpp"
+#include "sys/log.hpp"
+#include "sys/str.hpp"
+#include "vp/version.hpp"
+
+namespace vp::daemon {
+
+using control::EndpointConfig;
+using nlohmann::json;
+
+namespace {
+
+std::string join(const std::vector<std::string>& words, std::string_view sep) {
+  std::string out;
+  for (const auto& w : words) {
+    if (!out.empty()) out += sep;
+    out += w;
+  }
+  return out;
+}
+
+bool same_address(const net::IfAddress& a, const net::IfAddress& b) { return a == b; }
+
+}  // namespace
+
+Registry::Registry(net::Netlink netlink, Paths paths, std::string machine_id)
+    : netlink_(std::move(netlink)), paths_(std::move(paths)), machine_id_(std::move(machine_id)) {}
+
+size_t Registry::troubled() const {
+  return std::count_if(endpoints_.begin(), endpoints_.end(),
+                       [](const auto& kv) { return !kv.second.problems.empty(); });
+}
+
+void Registry::normalize(EndpointConfig& c) const {
+  const std::string default_bind = str(paths_.runtime_dir, "/", c.name, ".sock");
+  if (c.transport == control::Transport::kTap) {
+    if (c.bind == default_bind) c.bind.clear();
+  } else if (c.peer.empty() && c.bind.empty()) {
+    c.bind = default_bind;
+  }
+}
+
+Result<void> Registry::check(const EndpointConfig& c, const Endpoint* self) {
+  for (const auto& [name, other] : endpoints_) {
+    if (&other == self) continue;
+    if (other.config.mac == c.mac) {
+      return fail("duplicate-mac", str("mac ", c.mac.to_string(), " is already used by ", name,
+                                       "; every endpoint needs its own address"));
+    }
+    for (const std::string* path : {&c.bind, &c.peer}) {
+      if (path->empty()) continue;
+      if (*path == other.config.bind || *path == other.config.peer) {
+        return fail("duplicate-path",
+                    str(*path, " is already a socket of ", name, "; give each endpoint its own"));
+      }
+    }
+  }
+  if (!c.bridge.empty()) {
+    auto bridge = netlink_.find_link(c.bridge);
+    if (!bridge) return std::unexpected(bridge.error());
+    if (!*bridge) {
+      return fail("no-such-bridge",
+                  str("bridge ", c.bridge, " does not exist; create it first (e.g. `ip link add ",
+                      c.bridge, " type bridge`) or leave bridge= out"));
+    }
+    if ((*bridge)->kind != "bridge") {
+      return fail("no-such-bridge",
+                  str(c.bridge, " is a ", (*bridge)->kind.empty() ? "plain" : (*bridge)->kind,
+                      " interface, not a bridge"));
+    }
+  }
+  if (!self || self->tap.fd() < 0) {
+    auto link = netlink_.find_link(c.name);
+    if (!link) return std::unexpected(link.error());
+    if (*link && !((*link)->kind == "tun" && (*link)->alias == kAliasMarker) &&
+        !(self && self->ifindex == (*link)->ifindex)) {
+      return fail("name-taken", str("an interface named ", c.name,
+                                    " already exists and is not a vpd endpoint; vpd never takes "
+                                    "over other interfaces, so pick another name"));
+    }
+  }
+  return {};
+}
+
+Result<void> Registry::ensure_tap(Endpoint& e) {
+  if (e.tap.fd() >= 0) return {};
+  const std::string& name = e.config.name;
+  auto link = netlink_.find_link(name);
+  if (!link) return std::unexpected(link.error());
+  if (*link && !((*link)->kind == "tun" && (*link)->alias == kAliasMarker)) {
+    return fail("name-taken", str("an interface named ", name,
+                                  " exists and is not a vpd endpoint; vpd will not take it over"));
+  }
+  const bool created = !*link;
+  auto tap = net::Tap::open(name);
+  if (!tap) return std::unexpected(tap.error());
+  auto undo = [&](Error err) -> Result<void> {
+    if (created) {
+      (void)tap->set_persist(false);
+    }
+    return std::unexpected(std::move(err));
+  };
+  if (auto ok = tap->set_persist(true); !ok) return undo(ok.error());
+  // No guest yet: a bridge must not forward into this port.
+  if (auto ok = tap->set_carrier(false); !ok) return undo(ok.error());
+  auto info = netlink_.find_link(name);
+  if (!info || !*info) {
+    return undo(info ? Error{"system", str(name, " vanished after TUNSETIFF")} : info.error());
+  }
+  if ((*info)->alias != kAliasMarker) {
+    if (auto ok = netlink_.set_alias((*info)->ifindex, kAliasMarker); !ok) return undo(ok.error());
+  }
+  e.ifindex = (*info)->ifindex;
+  e.tap = std::move(*tap);
+  e.vnet_hdr_len = 0;
+  if (created) {
+    log::info(name, ": created TAP device (ifindex ", e.ifindex, ")");
+  } else {
+    log::info(name, ": re-adopted existing TAP device (ifindex ", e.ifindex, ")");
+  }
+  return {};
+}
+
+Result<void> Registry::realise(Endpoint& e, const EndpointConfig* before,
+                               const EndpointConfig& want) {
+  if (auto ok = ensure_tap(e); !ok) return ok;
+  const std::string& name = want.name;
+  if (e.vnet_hdr_len != want.vnet_hdr_len()) {
+    if (auto ok = e.tap.set_vnet_hdr_size(want.vnet_hdr_len()); !ok) return ok;
+    e.vnet_hdr_len = want.vnet_hdr_len();
+  }
+  // Until a guest attaches, the TAP offloads follow peerfeats ∩ toggles.
+  const unsigned offloads = net::tun_offloads_for(want.features());
+  auto applied = e.tap.set_offload(offloads);
+  if (!applied) return std::unexpected(applied.error());
+  if (*applied != offloads && e.tun_offloads != *applied) {
+    log::notice(name, ": the kernel refused TAP offloads ",
+                net::tun_offload_names(offloads & ~*applied), "; using ",
+                net::tun_offload_names(*applied));
+  }
+  e.tun_offloads = *applied;
+
+  auto link = netlink_.find_link(e.ifindex);
+  if (!link) return std::unexpected(link.error());
+  if (!*link) return fail("system", str(name, " disappeared from the kernel"));
+  const net::LinkInfo& now = **link;
+  if (now.mac != want.mac) {
+    if (auto ok = netlink_.set_mac(e.ifindex, want.mac); !ok) return ok;
+  }
+  if (now.mtu != want.mtu) {
+    if (auto ok = netlink_.set_mtu(e.ifindex, want.mtu); !ok) return ok;
+  }
+  int master = 0;
+  if (!want.bridge.empty()) {
+    auto bridge = netlink_.find_link(want.bridge);
+    if (!bridge) return std::unexpected(bridge.error());
+    if (!*bridge || (*bridge)->kind != "bridge") {
+      return fail("no-such-bridge", str("bridge ", want.bridge, " does not exist"));
+    }
+    master = (*bridge)->ifindex;
+  }
+  if (now.master_ifindex != master) {
+    if (auto ok = netlink_.set_master(e.ifindex, master); !ok) return ok;
+  }
+  auto present = netlink_.addresses(e.ifindex);
+  if (!present) return std::unexpected(present.error());
+  auto has = [](const std::vector<net::IfAddress>& list, const net::IfAddress& a) {
+    return std::any_of(list.begin(), list.end(), [&](const auto& b) { return same_address(a, b); });
+  };
+  if (before) {
+    for (const auto& a : before->addresses) {
+      if (has(want.addresses, a) || !has(*present, a)) continue;
+      if (auto ok = netlink_.del_address(e.ifindex, a); !ok) return ok;
+    }
+  }
+  for (const auto& a : want.addresses) {
+    if (has(*present, a)) continue;
+    if (auto ok = netlink_.add_address(e.ifindex, a); !ok) return ok;
+  }
+  if (now.up != want.up) {
+    if (auto ok = netlink_.set_up(e.ifindex, want.up); !ok) return ok;
+  }
+  return {};
+}
+
+Result<void> Registry::remove_tap(Endpoint& e) {
+  if (e.tap.fd() >= 0) {
+    (void)e.tap.set_persist(false);
+  }
+  if (e.ifindex > 0) {
+    auto link = netlink_.find_link(e.ifindex);
+    if (link && *link && (*link)->alias == kAliasMarker) {
+      if (auto ok = netlink_.delete_link(e.ifindex); !ok) return ok;
+    }
+  }
+  e.tap.close();
+  e.ifindex = 0;
+  return {};
+}
+
+Result<void> Registry::save() {
+  control::State state;
+  for (const auto& [name, e] : endpoints_) state.endpoints.push_back({e.config, e.declared});
+  if (auto ok = control::save_state(paths_.state_file, state); !ok) {
+    return fail("state-write-failed",
+                str("vpd could not save its state (", ok.error().message,
+                    "), so the change was undone; check that the state directory is writable"));
+  }
+  return {};
+}
+
+void Registry::restore(const control::State& state) {
+  for (const auto& saved : state.endpoints) {
+    Endpoint e;
+    e.config = saved.config;
+    e.declared = saved.declared;
+    if (auto ok = check(e.config, nullptr); !ok) {
+      e.problems.push_back(ok.error().message);
+    } else if (auto done = realise(e, nullptr, e.config); !done) {
+      e.problems.push_back(done.error().message);
+    }
+    for (const auto& p : e.problems) log::error(e.config.name, ": not restored as saved: ", p);
+    if (e.problems.empty()) log::info(e.config.name, ": restored");
+    endpoints_.emplace(e.config.name, std::move(e));
+  }
+}
+
+std::vector<Error> Registry::apply_declarations(const std::vector<control::ConfigEntry>& entries) {
+  std::vector<Error> errors;
+  std::vector<std::string> reserved;
+  for (const auto& entry : entries) {
+    if (!entry.name.empty()) reserved.push_back(entry.name);
+  }
+  for (const auto& [name, e] : endpoints_) {
+    if (e.declared.empty()) reserved.push_back(name);
+  }
+  std::set<std::string> seen;
+  for (const auto& entry : entries) {
+    const Caller caller{entry.origin};
+    std::string name = entry.name;
+    const std::string spec = entry.spec();
+    if (name.empty()) {
+      // An unnamed declaration keeps the endpoint it was applied to before.
+      for (const auto& [n, e] : endpoints_) {
+        if (e.declared == spec && !seen.contains(n)) name = n;
+      }
+    }
+    if (name.empty()) {
+      auto free = next_free_name(entry.change.prefix.value_or("vp"), reserved);
+      if (!free) {
+        errors.push_back(free.error());
+        continue;
+      }
+      name = *free;
+      reserved.push_back(name);
+    }
+    seen.insert(name);
+    auto it = endpoints_.find(name);
+    Result<json> done;
+    if (it == endpoints_.end()) {
+      done = create(name, entry.change, spec, caller);
+    } else if (it->second.declared == spec) {
+      continue;  // unchanged since it was applied: keep run-time changes
+    } else {
+      done = set(name, entry.change, &spec, caller);
+    }
+    if (!done) {
+      Error e{done.error().code, str(entry.origin, ": ", done.error().message)};
+      log::error(e.message);
+      errors.push_back(std::move(e));
+    }
+  }
+  for (auto& [name, e] : endpoints_) {
+    if (e.declared.empty() || seen.contains(name)) continue;
+    log::notice(name, ": no longer declared; kept as a run-time endpoint (`vpctl ", name,
+                " destroy` removes it)");
+    e.declared.clear();
+    (void)save();
+  }
+  return errors;
+}
+
+Result<std::string> Registry::next_free_name(const std::string& prefix,
+                                             const std::vector<std::string>& reserved) {
+  if (auto ok = net::validate_prefix(prefix); !ok) return std::unexpected(ok.error());
+  for (int i = 0; i < 100000; ++i) {
+    std::string name = str(prefix, i);
+    if (name.size() > net::kMaxIfnameLength) break;
+    if (endpoints_.contains(name)) continue;
+    if (std::find(reserved.begin(), reserved.end(), name) != reserved.end()) continue;
+    auto link = netlink_.find_link(name);
+    if (!link) return std::unexpected(link.error());
+    if (*link) continue;
+    return name;
+  }
+  return fail("name-too-long", str("no free name with prefix '", prefix, "' is left"));
+}
+
+Result<json> Registry::create(std::string name, const control::Change& change, std::string declared,
+                              const Caller& caller) {
+  if (name.empty()) {
+    auto free = next_free_name(change.prefix.value_or("vp"));
+    if (!free) return std::unexpected(free.error());
+    name = *free;
+  } else if (change.prefix) {
+    return fail("conflicting-settings",
+                "name=PREFIX picks a name for `vpctl create`; it cannot rename an endpoint");
+  }
+  if (auto ok = net::validate_ifname(name); !ok) return std::unexpected(ok.error());
+  if (control::is_keyword(name)) {
+    return fail("invalid-name", str("'", name, "' is a vpctl word and cannot name an endpoint"));
+  }
+  if (endpoints_.contains(name)) {
+    return fail("endpoint-exists",
+                str(name, " already exists; change it with `vpctl ", name, " key=value`"));
+  }
+  EndpointConfig base;
+  base.name = name;
+  base.mac = net::stable_mac(machine_id_, name);
+  auto config = control::apply_change(base, change);
+  if (!config) return std::unexpected(config.error());
+  normalize(*config);
+  if (auto ok = control::validate(*config); !ok) return std::unexpected(ok.error());
+  if (auto ok = check(*config, nullptr); !ok) return std::unexpected(ok.error());
+
+  Endpoint e;
+  e.config = *config;
+  e.declared = std::move(declared);
+  if (auto ok = realise(e, nullptr, *config); !ok) {
+    (void)remove_tap(e);
+    return std::unexpected(ok.error());
+  }
+  auto [it, inserted] = endpoints_.emplace(name, std::move(e));
+  if (auto ok = save(); !ok) {
+    (void)remove_tap(it->second);
+    endpoints_.erase(it);
+    return std::unexpected(ok.error());
+  }
+  log::notice(name, ": created with ", join(control::to_tokens(*config), " "), " (by ", caller.who,
+              ")");
+  return describe(it->second);
+}
+
+Result<json> Registry::set(const std::string& name, const control::Change& change,
+                           const std::string* declared, const Caller& caller) {
+  auto it = endpoints_.find(name);
+  if (it == endpoints_.end()) {
+    return fail("no-such-endpoint", str("there is no endpoint ", name, "; create it with `vpctl ",
+                                        name, " create`, or see `vpctl list`"));
+  }
+  Endpoint& e = it->second;
+  if (change.prefix) {
+    return fail("conflicting-settings",
+                "name=PREFIX picks a name for `vpctl create`; it cannot rename an endpoint");
+  }
+  const EndpointConfig before = e.config;
+  auto config = control::apply_change(before, change);
+  if (!config) return std::unexpected(config.error());
+  normalize(*config);
+  if (auto ok = control::validate(*config); !ok) return std::unexpected(ok.error());
+  if (auto ok = check(*config, &e); !ok) return std::unexpected(ok.error());
+
+  if (auto ok = realise(e, &before, *config); !ok) {
+    // Put the kernel back as it was; the endpoint keeps its old configuration.
+    if (auto back = realise(e, &*config, before); !back) {
+      log::error(name, ": could not undo a refused change: ", back.error().message);
+    }
+    return std::unexpected(ok.error());
+  }
+  const std::string old_declared = e.declared;
+  e.config = *config;
+  if (declared) e.declared = *declared;
+  if (auto ok = save(); !ok) {
+    e.config = before;
+    e.declared = old_declared;
+    (void)realise(e, &*config, before);
+    return std::unexpected(ok.error());
+  }
+  e.problems.clear();
+  log::notice(name, ": set ", join(control::to_tokens(*config), " "), " (by ", caller.who, ")");
+  return describe(e);
+}
+
+Result<void> Registry::destroy(const std::string& name, const Caller& caller) {
+  auto it = endpoints_.find(name);
+  if (it == endpoints_.end()) {
+    return fail("no-such-endpoint", str("there is no endpoint ", name, "; see `vpctl list`"));
+  }
+  Endpoint e = std::move(it->second);
+  endpoints_.erase(it);
+  if (auto ok = save(); !ok) {
+    endpoints_.emplace(name, std::move(e));
+    return std::unexpected(ok.error());
+  }
+  if (auto ok = remove_tap(e); !ok) {
+    log::error(name, ": removed from vpd, but the kernel kept the TAP: ", ok.error().message);
+  }
+  log::notice(name, ": destroyed (by ", caller.who, ")");
+  return {};
+}
+
+json Registry::describe(const Endpoint& e) {
+  json j = control::to_json(e.config);
+  const uint64_t features = e.config.features();
+  json status{
+      {"ifindex", e.ifindex},
+      {"features", net::feature_names(features)},
+      {"features_hex", control::peerfeats_text(features)},
+      {"tun_offloads", net::tun_offload_names(e.tun_offloads)},
+      {"vnet_hdr_len", e.config.vnet_hdr_len()},
+      {"guest", "not attached"},
+      {"declared", e.declared},
+  };
+  json problems = e.problems;
+  auto link = e.ifindex > 0 ? netlink_.find_link(e.ifindex)
+                            : Result<std::optional<net::LinkInfo>>(std::nullopt);
+  if (link && *link) {
+    status["link"] = (*link)->up ? "up" : "down";
+    status["carrier"] = (*link)->carrier;
+    std::string master;
+    if ((*link)->master_ifindex) {
+      auto m = netlink_.find_link((*link)->master_ifindex);
+      if (m && *m) master = (*m)->name;
+    }
+    status["master"] = master;
+    status["kernel_mac"] = (*link)->mac.to_string();
+    status["kernel_mtu"] = (*link)->mtu;
+  } else {
+    status["link"] = "absent";
+    status["carrier"] = false;
+    status["master"] = "";
+    if (link && e.problems.empty()) problems.push_back("the TAP device does not exist");
+  }
+  status["problems"] = problems;
+  j["status"] = status;
+  return j;
+}
+
+Result<json> Registry::show(const std::string& name) {
+  auto it = endpoints_.find(name);
+  if (it == endpoints_.end()) {
+    return fail("no-such-endpoint", str("there is no endpoint ", name, "; see `vpctl list`"));
+  }
+  return describe(it->second);
+}
+
+json Registry::list() {
+  json out = json::array();
+  for (const auto& [name, e] : endpoints_) out.push_back(describe(e));
+  return out;
+}
+
+control::Response Registry::handle(const control::Request& r, const Caller& caller) {
+  control::Response response;
+  auto finish = [&](Result<json> result) {
+    if (!result) return control::error_response(result.error());
+    response.result = std::move(*result);
+    return response;
+  };
+  if (r.op == control::op::kHello) {
+    return finish(json{{"daemon", "vpd"},
+                       {"version", kVersion},
+                       {"protocol", kProtocolVersion},
+                       {"endpoints", endpoints_.size()}});
+  }
+  if (r.op == control::op::kList) return finish(list());
+  if (r.op != control::op::kCreate && r.endpoint.empty()) {
+    return control::error_response({"bad-request", str("op ", r.op, " needs an endpoint")});
+  }
+  if (!r.endpoint.empty()) {
+    if (auto ok = net::validate_ifname(r.endpoint); !ok) return control::error_response(ok.error());
+  }
+  if (r.op == control::op::kShow) return finish(show(r.endpoint));
+  if (r.op == control::op::kDestroy) {
+    if (!r.args.empty()) {
+      return control::error_response(
+          {"conflicting-settings", "destroy cannot be combined with other settings"});
+    }
+    if (auto ok = destroy(r.endpoint, caller); !ok) return control::error_response(ok.error());
+    return finish(json{{"destroyed", r.endpoint}});
+  }
+  auto change = control::parse_change(r.args);
+  if (!change) return control::error_response(change.error());
+  response.warnings = change->warnings;
+  if (change->destroy) {
+    if (auto ok = destroy(r.endpoint, caller); !ok) return control::error_response(ok.error());
+    return finish(json{{"destroyed", r.endpoint}});
+  }
+  if (r.op == control::op::kCreate || change->create) {
+    return finish(create(r.endpoint, *change, "", caller));
+  }
+  return finish(set(r.endpoint, *change, nullptr, caller));
+}
+
+}  // namespace vp::daemon

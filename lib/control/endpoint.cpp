@@ -1,0 +1,193 @@
+#include "control/endpoint.hpp"
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "control/grammar.hpp"
+#include "net/ifname.hpp"
+#include "sys/str.hpp"
+
+namespace vp::control {
+
+using nlohmann::json;
+
+std::string_view transport_name(Transport t) {
+  switch (t) {
+    case Transport::kVhostUser:
+      return "vhost-user";
+    case Transport::kStream:
+      return "stream";
+    case Transport::kTap:
+      return "tap";
+  }
+  return "?";
+}
+
+std::optional<Transport> transport_by_name(std::string_view name) {
+  for (Transport t : {Transport::kVhostUser, Transport::kStream, Transport::kTap}) {
+    if (name == transport_name(t)) return t;
+  }
+  return std::nullopt;
+}
+
+std::string peerfeats_text(std::optional<uint64_t> peerfeats) {
+  if (!peerfeats) return "default";
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(*peerfeats));
+  return buf;
+}
+
+Result<void> validate(const EndpointConfig& c) {
+  if (auto ok = net::validate_ifname(c.name); !ok) return ok;
+  if (c.transport == Transport::kStream && c.peerfeats.value_or(0) != 0) {
+    return fail("bad-peerfeats",
+                str(c.name,
+                    ": a stream endpoint carries frames without a virtio-net header, so "
+                    "no offload can be negotiated; set peerfeats=0 or leave it out"));
+  }
+  if (c.transport == Transport::kTap && (!c.peer.empty() || !c.bind.empty())) {
+    return fail("conflicting-settings",
+                str(c.name, ": transport=tap has no socket (the VMM opens the TAP ", c.name,
+                    " by name); drop peer= and bind=, or choose another transport"));
+  }
+  if (!c.peer.empty() && c.peer == c.bind) {
+    return fail("conflicting-settings", str(c.name, ": peer= and bind= are the same path ", c.peer,
+                                            "; vpd cannot both listen on and dial one socket"));
+  }
+  if (c.mtu < kMinMtu || c.mtu > kMaxMtu) {
+    return fail("bad-value", str(c.name, ": mtu=", c.mtu, " is outside ", kMinMtu, "-", kMaxMtu));
+  }
+  if (c.priority < 0 || c.priority > kMaxPriority) {
+    return fail("bad-value",
+                str(c.name, ": priority=", c.priority, " is outside 0-", kMaxPriority));
+  }
+  if (c.mac.is_zero() || c.mac.is_multicast()) {
+    return fail("invalid-mac", str(c.name, ": mac ", c.mac.to_string(), " is not unicast"));
+  }
+  return {};
+}
+
+json to_json(const EndpointConfig& c) {
+  json addresses = json::array();
+  for (const auto& a : c.addresses) addresses.push_back(a.to_string());
+  return json{
+      {"name", c.name},
+      {"transport", transport_name(c.transport)},
+      {"peer", c.peer},
+      {"bind", c.bind},
+      {"mac", c.mac.to_string()},
+      {"peerfeats", c.peerfeats ? json(peerfeats_text(c.peerfeats)) : json(nullptr)},
+      {"legacy", c.legacy},
+      {"priority", c.priority},
+      {"mtu", c.mtu},
+      {"bridge", c.bridge},
+      {"addresses", addresses},
+      {"toggles", net::toggle_names(c.toggles)},
+      {"up", c.up},
+  };
+}
+
+Result<EndpointConfig> endpoint_from_json(const json& j) {
+  if (!j.is_object()) return fail("bad-request", "an endpoint must be a JSON object");
+  // Reuse the one grammar: turn the fields back into tokens and parse them.
+  auto text = [&](const char* key) -> Result<std::string> {
+    auto it = j.find(key);
+    if (it == j.end() || !it->is_string()) {
+      return fail("bad-request", str("endpoint field '", key, "' is missing or not a string"));
+    }
+    return it->get<std::string>();
+  };
+  auto number = [&](const char* key) -> Result<int64_t> {
+    auto it = j.find(key);
+    if (it == j.end() || !it->is_number_integer()) {
+      return fail("bad-request", str("endpoint field '", key, "' is missing or not a number"));
+    }
+    return it->get<int64_t>();
+  };
+  auto boolean = [&](const char* key) -> Result<bool> {
+    auto it = j.find(key);
+    if (it == j.end() || !it->is_boolean()) {
+      return fail("bad-request", str("endpoint field '", key, "' is missing or not true/false"));
+    }
+    return it->get<bool>();
+  };
+
+  std::vector<std::string> tokens;
+  auto name = text("name");
+  auto transport = text("transport");
+  auto peer = text("peer");
+  auto bind = text("bind");
+  auto mac = text("mac");
+  auto legacy = boolean("legacy");
+  auto priority = number("priority");
+  auto mtu = number("mtu");
+  auto bridge = text("bridge");
+  auto toggles = text("toggles");
+  auto up = boolean("up");
+  for (const auto* r : {&name, &transport, &peer, &bind, &mac, &bridge, &toggles}) {
+    if (!*r) return std::unexpected(r->error());
+  }
+  for (const auto* r : {&legacy, &up}) {
+    if (!*r) return std::unexpected(r->error());
+  }
+  for (const auto* r : {&priority, &mtu}) {
+    if (!*r) return std::unexpected(r->error());
+  }
+  tokens.push_back("transport=" + *transport);
+  if (!peer->empty()) tokens.push_back("peer=" + *peer);
+  if (!bind->empty()) tokens.push_back("bind=" + *bind);
+  tokens.push_back("mac=" + *mac);
+  tokens.push_back("priority=" + std::to_string(*priority));
+  tokens.push_back("mtu=" + std::to_string(*mtu));
+  if (!bridge->empty()) tokens.push_back("bridge=" + *bridge);
+  if (*legacy) tokens.push_back("legacy");
+  if (*up) tokens.push_back("up");
+  if (auto it = j.find("peerfeats"); it != j.end() && !it->is_null()) {
+    if (!it->is_string()) return fail("bad-request", "endpoint field 'peerfeats' is not a string");
+    tokens.push_back("peerfeats=" + it->get<std::string>());
+  }
+  auto addresses = j.find("addresses");
+  if (addresses == j.end() || !addresses->is_array()) {
+    return fail("bad-request", "endpoint field 'addresses' is missing or not a list");
+  }
+  for (const auto& a : *addresses) {
+    if (!a.is_string()) return fail("bad-request", "an address is not a string");
+    tokens.push_back("address=" + a.get<std::string>());
+  }
+  // Toggles are saved as the list of those on; everything else is off.
+  uint32_t on = 0;
+  for (const auto& t : split_commas(*toggles)) {
+    const uint32_t bit = net::toggle_by_name(t);
+    if (!bit) return fail("bad-request", str("unknown offload toggle '", t, "'"));
+    on |= bit;
+  }
+  auto change = parse_change(tokens);
+  if (!change) return std::unexpected(change.error());
+  EndpointConfig base;
+  base.name = *name;
+  auto config = apply_change(base, *change);
+  if (!config) return config;
+  config->toggles = on;
+  return config;
+}
+
+std::vector<std::string> to_tokens(const EndpointConfig& c) {
+  std::vector<std::string> t;
+  if (c.transport != Transport::kVhostUser)
+    t.push_back(str("transport=", transport_name(c.transport)));
+  if (!c.peer.empty()) t.push_back("peer=" + c.peer);
+  if (!c.bind.empty()) t.push_back("bind=" + c.bind);
+  t.push_back("mac=" + c.mac.to_string());
+  if (c.peerfeats) t.push_back("peerfeats=" + peerfeats_text(c.peerfeats));
+  if (c.legacy) t.push_back("legacy");
+  if (c.priority) t.push_back(str("priority=", c.priority));
+  t.push_back(str("mtu=", c.mtu));
+  if (!c.bridge.empty()) t.push_back("bridge=" + c.bridge);
+  for (const auto& a : c.addresses) t.push_back("address=" + a.to_string());
+  const uint32_t off = net::toggle::kAll & ~c.toggles;
+  for (const auto& name : split_commas(net::toggle_names(off))) t.push_back("-" + name);
+  t.push_back(c.up ? "up" : "down");
+  return t;
+}
+
+}  // namespace vp::control

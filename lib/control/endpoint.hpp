@@ -1,0 +1,66 @@
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "net/address.hpp"
+#include "net/mac.hpp"
+#include "net/offloads.hpp"
+#include "sys/error.hpp"
+
+namespace vp::control {
+
+enum class Transport { kVhostUser, kStream, kTap };
+
+std::string_view transport_name(Transport t);
+std::optional<Transport> transport_by_name(std::string_view name);
+
+inline constexpr uint32_t kMinMtu = 68;
+inline constexpr uint32_t kMaxMtu = 65521;  // a TAP's max_mtu (MAX_MTU less headers)
+inline constexpr int kMaxPriority = 99;     // SCHED_FIFO range; 0 = normal scheduling
+
+/// Everything the operator declared about one endpoint. This is what the state file
+/// saves and what vpd makes the kernel match.
+struct EndpointConfig {
+  std::string name;
+  Transport transport = Transport::kVhostUser;
+  std::string peer;  // vpd dials it; "" = none
+  std::string bind;  // vpd listens there; "" = none
+  net::Mac mac;
+  std::optional<uint64_t> peerfeats;  // nullopt: offer everything vpd supports
+  bool legacy = false;
+  int priority = 0;
+  uint32_t mtu = 1500;
+  std::string bridge;                     // "" = no bridge
+  std::vector<net::IfAddress> addresses;  // sorted, unique
+  uint32_t toggles = net::toggle::kAll;
+  bool up = false;
+
+  bool operator==(const EndpointConfig&) const = default;
+
+  /// The offload features this endpoint offers a guest (peerfeats ∩ toggles ∩ supported).
+  uint64_t features() const { return net::effective_features(peerfeats, toggles); }
+  /// The virtio_net_hdr length in use: 10 with `legacy`, else 12.
+  int vnet_hdr_len() const { return legacy ? 10 : 12; }
+};
+
+/// Rules that span several settings (e.g. a stream endpoint has no virtio header, so its
+/// peerfeats must be 0). Single values were checked when parsed.
+Result<void> validate(const EndpointConfig& config);
+
+nlohmann::json to_json(const EndpointConfig& config);
+/// Reads what to_json() wrote; every value is checked again (the file may be edited).
+Result<EndpointConfig> endpoint_from_json(const nlohmann::json& j);
+
+/// The endpoint as vpctl tokens, e.g. {"mac=02:..", "bridge=br0", "up"}.
+std::vector<std::string> to_tokens(const EndpointConfig& config);
+
+/// "0x19c3", or "default" when unset.
+std::string peerfeats_text(std::optional<uint64_t> peerfeats);
+
+}  // namespace vp::control

@@ -1,0 +1,64 @@
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "control/endpoint.hpp"
+#include "net/address.hpp"
+#include "net/mac.hpp"
+#include "sys/error.hpp"
+
+namespace vp::control {
+
+/// One request to change an endpoint, parsed from vpctl tokens:
+///   create | up | down | destroy
+///   peer=PATH bind=PATH mac=MAC name=PREFIX peerfeats=N priority=N transport=T
+///   bridge=BR address=CIDR (or a bare address) mtu=N legacy
+///   -peer -bind -peerfeats -bridge -address=CIDR -legacy
+///   rxcsum txcsum rxcsum6 txcsum6 tcp4csum udp4csum tcp6csum udp6csum tso4 tso6 (and -x)
+/// The same grammar serves vpctl, the config file, vpd's command line and the control
+/// protocol; this is its only parser.
+struct Change {
+  bool create = false;
+  bool destroy = false;
+  std::optional<bool> up;
+  std::optional<std::string> prefix;  // name=
+  std::optional<Transport> transport;
+  std::optional<std::string> peer;  // "" clears
+  std::optional<std::string> bind;  // "" clears
+  std::optional<net::Mac> mac;
+  bool peerfeats_given = false;
+  std::optional<uint64_t> peerfeats;  // with peerfeats_given: nullopt = back to default
+  std::optional<bool> legacy;
+  std::optional<int> priority;
+  std::optional<uint32_t> mtu;
+  std::optional<std::string> bridge;  // "" leaves the bridge
+  std::vector<net::IfAddress> add_addresses;
+  std::vector<net::IfAddress> del_addresses;
+  uint32_t toggles_on = 0;
+  uint32_t toggles_off = 0;
+  /// Accepted, but worth telling the user (e.g. a MAC without the locally administered bit).
+  std::vector<std::string> warnings;
+
+  /// True when it changes no setting (verbs and name= aside).
+  bool sets_nothing() const;
+};
+
+/// True for words that are commands or settings, so they cannot be endpoint names.
+bool is_keyword(std::string_view token);
+
+/// Parses tokens. Codes: unknown-key, bad-value, invalid-mac, bad-peerfeats,
+/// invalid-address, invalid-name, name-too-long, conflicting-settings.
+Result<Change> parse_change(std::span<const std::string> tokens);
+
+/// `config` with `change` applied, validated as a whole.
+Result<EndpointConfig> apply_change(EndpointConfig config, const Change& change);
+
+/// Splits "a,b,c" at commas (io-pkt option syntax).
+std::vector<std::string> split_commas(std::string_view text);
+
+}  // namespace vp::control
