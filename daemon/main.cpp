@@ -164,7 +164,16 @@ int run(const Options& o) {
   ControlServer server(std::move(*listener), epoll.get(),
                        [&](const control::Request& request, const PeerCredentials& peer) {
                          const Caller caller{str("uid ", peer.uid, " pid ", peer.pid)};
-                         return registry.handle(request, caller);
+                         control::Response response = registry.handle(request, caller);
+                         const bool change = request.op == control::op::kCreate ||
+                                             request.op == control::op::kSet ||
+                                             request.op == control::op::kDestroy;
+                         if (change && !response.ok) {
+                           log::info(request.endpoint.empty() ? "vpctl" : request.endpoint,
+                                     ": refused ", request.op, " (", response.error.code,
+                                     ") from ", caller.who, ": ", response.error.message);
+                         }
+                         return response;
                        });
 
   sigset_t signals;
