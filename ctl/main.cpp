@@ -88,6 +88,8 @@ Reply call(const std::string& socket_path, const control::Request& request) {
     const ssize_t n = ::send(fd->get(), line.data() + sent, line.size() - sent, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
+      // vpd may have answered and closed before reading (e.g. "busy"): read that answer.
+      if (errno == EPIPE || errno == ECONNRESET) break;
       return unreachable(std::strerror(errno));
     }
     sent += static_cast<size_t>(n);

@@ -105,6 +105,13 @@ void ControlServer::process_lines(Client& c, bool at_eof) {
       if (!at_eof || c.in.find_first_not_of(" \t\r") == std::string::npos) break;
       nl = c.in.size();  // the last request may end at EOF instead of a newline
     }
+    if (nl > control::kMaxRequestBytes) {
+      c.out += control::encode(control::error_response(
+          {"request-too-large", "the request is longer than 64 KiB; vpd closed the connection"}));
+      c.closing = true;
+      c.in.clear();
+      break;
+    }
     std::string line = c.in.substr(0, nl);
     c.in.erase(0, nl + 1 > c.in.size() ? c.in.size() : nl + 1);
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;

@@ -161,20 +161,19 @@ int run(const Options& o) {
     log::error("control socket: ", listener.error().message);
     return 1;
   }
-  ControlServer server(std::move(*listener), epoll.get(),
-                       [&](const control::Request& request, const PeerCredentials& peer) {
-                         const Caller caller{str("uid ", peer.uid, " pid ", peer.pid)};
-                         control::Response response = registry.handle(request, caller);
-                         const bool change = request.op == control::op::kCreate ||
-                                             request.op == control::op::kSet ||
-                                             request.op == control::op::kDestroy;
-                         if (change && !response.ok) {
-                           log::info(request.endpoint.empty() ? "vpctl" : request.endpoint,
-                                     ": refused ", request.op, " (", response.error.code,
-                                     ") from ", caller.who, ": ", response.error.message);
-                         }
-                         return response;
-                       });
+  ControlServer server(
+      std::move(*listener), epoll.get(),
+      [&](const control::Request& request, const PeerCredentials& peer) {
+        const Caller caller{str("uid ", peer.uid, " pid ", peer.pid)};
+        control::Response response = registry.handle(request, caller);
+        const bool change = request.op == control::op::kCreate || request.op == control::op::kSet ||
+                            request.op == control::op::kDestroy;
+        if (change && !response.ok) {
+          log::info(request.endpoint.empty() ? "vpctl" : request.endpoint, ": refused ", request.op,
+                    " (", response.error.code, ") from ", caller.who, ": ", response.error.message);
+        }
+        return response;
+      });
 
   sigset_t signals;
   sigemptyset(&signals);

@@ -24,8 +24,6 @@ std::string join(const std::vector<std::string>& words, std::string_view sep) {
   return out;
 }
 
-bool same_address(const net::IfAddress& a, const net::IfAddress& b) { return a == b; }
-
 }  // namespace
 
 Registry::Registry(net::Netlink netlink, Paths paths, std::string machine_id)
@@ -127,63 +125,101 @@ Result<void> Registry::ensure_tap(Endpoint& e) {
 }
 
 Result<void> Registry::realise(Endpoint& e, const EndpointConfig* before,
-                               const EndpointConfig& want) {
-  if (auto ok = ensure_tap(e); !ok) return ok;
+                               const EndpointConfig& want, std::vector<std::string>* problems) {
+  // Strict mode stops at the first failure (the caller undoes); best-effort mode (restore)
+  // records each failure and goes on, so one missing bridge does not cost the addresses.
+  std::optional<Error> failed;
+  auto check = [&](Result<void> r) -> bool {
+    if (r) return true;
+    if (problems) {
+      problems->push_back(r.error().message);
+      return true;
+    }
+    failed = r.error();
+    return false;
+  };
+  if (!check(ensure_tap(e))) return std::unexpected(*failed);
+  if (e.tap.fd() < 0) return {};  // best effort: nothing more can be done without the TAP
   const std::string& name = want.name;
   if (e.vnet_hdr_len != want.vnet_hdr_len()) {
-    if (auto ok = e.tap.set_vnet_hdr_size(want.vnet_hdr_len()); !ok) return ok;
+    if (!check(e.tap.set_vnet_hdr_size(want.vnet_hdr_len()))) return std::unexpected(*failed);
     e.vnet_hdr_len = want.vnet_hdr_len();
   }
   // Until a guest attaches, the TAP offloads follow peerfeats ∩ toggles.
   const unsigned offloads = net::tun_offloads_for(want.features());
   auto applied = e.tap.set_offload(offloads);
-  if (!applied) return std::unexpected(applied.error());
-  if (*applied != offloads && e.tun_offloads != *applied) {
-    log::notice(name, ": the kernel refused TAP offloads ",
-                net::tun_offload_names(offloads & ~*applied), "; using ",
-                net::tun_offload_names(*applied));
+  if (!applied) {
+    if (!check(std::unexpected(applied.error()))) return std::unexpected(*failed);
+  } else {
+    if (*applied != offloads && e.tun_offloads != *applied) {
+      log::notice(name, ": the kernel refused TAP offloads ",
+                  net::tun_offload_names(offloads & ~*applied), "; using ",
+                  net::tun_offload_names(*applied));
+    }
+    e.tun_offloads = *applied;
   }
-  e.tun_offloads = *applied;
 
   auto link = netlink_.find_link(e.ifindex);
-  if (!link) return std::unexpected(link.error());
-  if (!*link) return fail("system", str(name, " disappeared from the kernel"));
-  const net::LinkInfo& now = **link;
-  if (now.mac != want.mac) {
-    if (auto ok = netlink_.set_mac(e.ifindex, want.mac); !ok) return ok;
+  if (!link) {
+    if (!check(std::unexpected(link.error()))) return std::unexpected(*failed);
+    return {};
   }
-  if (now.mtu != want.mtu) {
-    if (auto ok = netlink_.set_mtu(e.ifindex, want.mtu); !ok) return ok;
+  if (!*link) {
+    if (!check(fail("system", str(name, " disappeared from the kernel")))) {
+      return std::unexpected(*failed);
+    }
+    return {};
+  }
+  const net::LinkInfo& now = **link;
+  if (now.mac != want.mac && !check(netlink_.set_mac(e.ifindex, want.mac))) {
+    return std::unexpected(*failed);
+  }
+  if (now.mtu != want.mtu && !check(netlink_.set_mtu(e.ifindex, want.mtu))) {
+    return std::unexpected(*failed);
   }
   int master = 0;
+  bool master_known = true;
   if (!want.bridge.empty()) {
     auto bridge = netlink_.find_link(want.bridge);
-    if (!bridge) return std::unexpected(bridge.error());
-    if (!*bridge || (*bridge)->kind != "bridge") {
-      return fail("no-such-bridge", str("bridge ", want.bridge, " does not exist"));
+    if (!bridge || !*bridge || (*bridge)->kind != "bridge") {
+      master_known = false;
+      if (!check(bridge ? fail("no-such-bridge", str("bridge ", want.bridge, " does not exist"))
+                        : Result<void>(std::unexpected(bridge.error())))) {
+        return std::unexpected(*failed);
+      }
+    } else {
+      master = (*bridge)->ifindex;
     }
-    master = (*bridge)->ifindex;
   }
-  if (now.master_ifindex != master) {
-    if (auto ok = netlink_.set_master(e.ifindex, master); !ok) return ok;
+  if (master_known && now.master_ifindex != master &&
+      !check(netlink_.set_master(e.ifindex, master))) {
+    return std::unexpected(*failed);
+  }
+  // Down before the addresses: the kernel flushes IPv6 addresses when a link goes down
+  // (keep_addr_on_down=0), and vpd keeps every address it was given.
+  if (now.up && !want.up && !check(netlink_.set_up(e.ifindex, false))) {
+    return std::unexpected(*failed);
   }
   auto present = netlink_.addresses(e.ifindex);
-  if (!present) return std::unexpected(present.error());
-  auto has = [](const std::vector<net::IfAddress>& list, const net::IfAddress& a) {
-    return std::any_of(list.begin(), list.end(), [&](const auto& b) { return same_address(a, b); });
-  };
-  if (before) {
-    for (const auto& a : before->addresses) {
-      if (has(want.addresses, a) || !has(*present, a)) continue;
-      if (auto ok = netlink_.del_address(e.ifindex, a); !ok) return ok;
+  if (!present) {
+    if (!check(std::unexpected(present.error()))) return std::unexpected(*failed);
+  } else {
+    auto has = [](const std::vector<net::IfAddress>& list, const net::IfAddress& a) {
+      return std::find(list.begin(), list.end(), a) != list.end();
+    };
+    if (before) {
+      for (const auto& a : before->addresses) {
+        if (has(want.addresses, a) || !has(*present, a)) continue;
+        if (!check(netlink_.del_address(e.ifindex, a))) return std::unexpected(*failed);
+      }
+    }
+    for (const auto& a : want.addresses) {
+      if (has(*present, a)) continue;
+      if (!check(netlink_.add_address(e.ifindex, a))) return std::unexpected(*failed);
     }
   }
-  for (const auto& a : want.addresses) {
-    if (has(*present, a)) continue;
-    if (auto ok = netlink_.add_address(e.ifindex, a); !ok) return ok;
-  }
-  if (now.up != want.up) {
-    if (auto ok = netlink_.set_up(e.ifindex, want.up); !ok) return ok;
+  if (!now.up && want.up && !check(netlink_.set_up(e.ifindex, true))) {
+    return std::unexpected(*failed);
   }
   return {};
 }
@@ -192,15 +228,34 @@ Result<void> Registry::remove_tap(Endpoint& e) {
   if (e.tap.fd() >= 0) {
     (void)e.tap.set_persist(false);
   }
-  if (e.ifindex > 0) {
-    auto link = netlink_.find_link(e.ifindex);
-    if (link && *link && (*link)->alias == kAliasMarker) {
-      if (auto ok = netlink_.delete_link(e.ifindex); !ok) return ok;
-    }
+  // Delete only a TAP that carries vpd's mark, found by ifindex or, when the endpoint never
+  // got one (restore failed), by name.
+  auto link = e.ifindex > 0 ? netlink_.find_link(e.ifindex) : netlink_.find_link(e.config.name);
+  if (link && *link && (*link)->kind == "tun" && (*link)->alias == kAliasMarker) {
+    if (auto ok = netlink_.delete_link((*link)->ifindex); !ok) return ok;
   }
   e.tap.close();
   e.ifindex = 0;
   return {};
+}
+
+void Registry::put_back(int ifindex, const net::LinkInfo& was,
+                        const std::vector<net::IfAddress>& addresses) {
+  auto now = netlink_.find_link(ifindex);
+  if (!now || !*now) return;
+  if ((*now)->up != was.up) (void)netlink_.set_up(ifindex, was.up);
+  if ((*now)->mac != was.mac) (void)netlink_.set_mac(ifindex, was.mac);
+  if ((*now)->mtu != was.mtu) (void)netlink_.set_mtu(ifindex, was.mtu);
+  if ((*now)->master_ifindex != was.master_ifindex) {
+    (void)netlink_.set_master(ifindex, was.master_ifindex);
+  }
+  if (auto present = netlink_.addresses(ifindex)) {
+    for (const auto& a : *present) {
+      if (std::find(addresses.begin(), addresses.end(), a) == addresses.end()) {
+        (void)netlink_.del_address(ifindex, a);
+      }
+    }
+  }
 }
 
 Result<void> Registry::save() {
@@ -219,11 +274,7 @@ void Registry::restore(const control::State& state) {
     Endpoint e;
     e.config = saved.config;
     e.declared = saved.declared;
-    if (auto ok = check(e.config, nullptr); !ok) {
-      e.problems.push_back(ok.error().message);
-    } else if (auto done = realise(e, nullptr, e.config); !done) {
-      e.problems.push_back(done.error().message);
-    }
+    (void)realise(e, nullptr, e.config, &e.problems);
     for (const auto& p : e.problems) log::error(e.config.name, ": not restored as saved: ", p);
     if (e.problems.empty()) log::info(e.config.name, ": restored");
     endpoints_.emplace(e.config.name, std::move(e));
@@ -245,9 +296,19 @@ std::vector<Error> Registry::apply_declarations(const std::vector<control::Confi
     std::string name = entry.name;
     const std::string spec = entry.spec();
     if (name.empty()) {
-      // An unnamed declaration keeps the endpoint it was applied to before.
+      // An unnamed declaration keeps the endpoint it was applied to before: the one with
+      // the same text, else the declared one with the same socket path (the guest).
       for (const auto& [n, e] : endpoints_) {
         if (e.declared == spec && !seen.contains(n)) name = n;
+      }
+      for (const auto& [n, e] : endpoints_) {
+        if (!name.empty()) break;
+        if (e.declared.empty() || seen.contains(n)) continue;
+        for (const auto& path : {entry.change.peer, entry.change.bind}) {
+          if (path && !path->empty() && (*path == e.config.peer || *path == e.config.bind)) {
+            name = n;
+          }
+        }
       }
     }
     if (name.empty()) {
@@ -260,14 +321,16 @@ std::vector<Error> Registry::apply_declarations(const std::vector<control::Confi
       reserved.push_back(name);
     }
     seen.insert(name);
+    control::Change change = entry.change;
+    change.prefix.reset();  // the name is chosen; create() must not pick another
     auto it = endpoints_.find(name);
     Result<json> done;
     if (it == endpoints_.end()) {
-      done = create(name, entry.change, spec, caller);
+      done = create(name, change, spec, caller);
     } else if (it->second.declared == spec) {
       continue;  // unchanged since it was applied: keep run-time changes
     } else {
-      done = set(name, entry.change, &spec, caller);
+      done = set(name, change, &spec, caller);
     }
     if (!done) {
       Error e{done.error().code, str(entry.origin, ": ", done.error().message)};
@@ -331,8 +394,21 @@ Result<json> Registry::create(std::string name, const control::Change& change, s
   Endpoint e;
   e.config = *config;
   e.declared = std::move(declared);
+  // A TAP left by an earlier vpd (marked, but in no state) is adopted; if the create is
+  // refused, it must stay as it was found, not be deleted.
+  std::optional<net::LinkInfo> found;
+  std::vector<net::IfAddress> found_addresses;
+  if (auto link = netlink_.find_link(name); link && *link) {
+    found = **link;
+    if (auto a = netlink_.addresses(found->ifindex)) found_addresses = std::move(*a);
+  }
   if (auto ok = realise(e, nullptr, *config); !ok) {
-    (void)remove_tap(e);
+    if (found) {
+      put_back(found->ifindex, *found, found_addresses);
+      e.tap.close();
+    } else {
+      (void)remove_tap(e);
+    }
     return std::unexpected(ok.error());
   }
   auto [it, inserted] = endpoints_.emplace(name, std::move(e));
@@ -488,6 +564,10 @@ control::Response Registry::handle(const control::Request& r, const Caller& call
   if (!change) return control::error_response(change.error());
   response.warnings = change->warnings;
   if (change->destroy) {
+    if (r.op == control::op::kCreate) {
+      return control::error_response(
+          {"conflicting-settings", "destroy cannot be combined with create"});
+    }
     if (auto ok = destroy(r.endpoint, caller); !ok) return control::error_response(ok.error());
     return finish(json{{"destroyed", r.endpoint}});
   }

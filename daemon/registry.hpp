@@ -87,8 +87,14 @@ class Registry {
   Result<void> ensure_tap(Endpoint& e);
   /// Makes the kernel match `want`; `before` is what was applied before (nullptr when
   /// unknown), so that only addresses vpd itself put there are removed.
+  /// With `problems`, every failing step is recorded there and the rest still done (used
+  /// on restore); without, the first failure stops it and is returned.
   Result<void> realise(Endpoint& e, const control::EndpointConfig* before,
-                       const control::EndpointConfig& want);
+                       const control::EndpointConfig& want,
+                       std::vector<std::string>* problems = nullptr);
+  /// Puts an adopted interface back as it was found (after a refused create).
+  void put_back(int ifindex, const net::LinkInfo& was,
+                const std::vector<net::IfAddress>& addresses);
   /// Removes the TAP device.
   Result<void> remove_tap(Endpoint& e);
   Result<void> save();

@@ -31,7 +31,7 @@ Result<ConfigEntry> make_entry(std::string origin, std::vector<std::string> word
   auto where = [&](const Error& e) { return fail(e.code, str(entry.origin, ": ", e.message)); };
   if (!words.empty() && words.front().find('=') == std::string::npos &&
       !words.front().starts_with('-') && !is_keyword(words.front()) &&
-      !net::parse_address(words.front())) {
+      !looks_like_address(words.front())) {
     if (auto ok = net::validate_ifname(words.front()); !ok) return where(ok.error());
     entry.name = words.front();
     words.erase(words.begin());
@@ -111,11 +111,13 @@ Result<std::vector<ConfigEntry>> parse_command_line_specs(std::span<const std::s
   std::vector<std::vector<std::string>> groups;
   for (const auto& arg : args) {
     for (auto& token : split_commas(arg)) {
-      if (groups.empty() || (token.starts_with("peer=") &&
-                             std::any_of(groups.back().begin(), groups.back().end(),
-                                         [](const auto& t) { return t.starts_with("peer="); }))) {
-        groups.emplace_back();
-      }
+      // A peer= or bind= the current group already has starts the next endpoint.
+      auto repeats = [&](std::string_view key) {
+        return token.starts_with(key) &&
+               std::any_of(groups.back().begin(), groups.back().end(),
+                           [&](const auto& t) { return t.starts_with(key); });
+      };
+      if (groups.empty() || repeats("peer=") || repeats("bind=")) groups.emplace_back();
       groups.back().push_back(std::move(token));
     }
   }

@@ -44,7 +44,11 @@ struct EndpointConfig {
   bool operator==(const EndpointConfig&) const = default;
 
   /// The offload features this endpoint offers a guest (peerfeats ∩ toggles ∩ supported).
-  uint64_t features() const { return net::effective_features(peerfeats, toggles); }
+  /// A stream endpoint carries no virtio-net header, so it has none.
+  uint64_t features() const {
+    if (transport == Transport::kStream) return 0;
+    return net::effective_features(peerfeats, toggles);
+  }
   /// The virtio_net_hdr length in use: 10 with `legacy`, else 12.
   int vnet_hdr_len() const { return legacy ? 10 : 12; }
 };

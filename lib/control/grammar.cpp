@@ -72,6 +72,12 @@ bool is_keyword(std::string_view token) {
   return in(kVerbs) || in(kKeys) || in(kCommands) || net::toggle_by_name(token) != 0;
 }
 
+bool looks_like_address(std::string_view word) {
+  if (word.empty()) return false;
+  if (word.find(':') != std::string_view::npos) return true;
+  return word.find_first_not_of("0123456789./") == std::string_view::npos;
+}
+
 std::vector<std::string> split_commas(std::string_view text) {
   std::vector<std::string> out;
   while (!text.empty()) {
@@ -159,6 +165,8 @@ Result<Change> parse_change(std::span<const std::string> tokens) {
               str("address ", token, " has no prefix length; using ", a->address.to_string()));
         }
         continue;
+      } else if (looks_like_address(token)) {
+        return std::unexpected(a.error());
       }
       return fail("unknown-key",
                   str("'", token, "' is not a setting vpd knows; known: ", known_words()));
@@ -217,7 +225,7 @@ Result<Change> parse_change(std::span<const std::string> tokens) {
                   str("'", token, "' is not a setting vpd knows; known: ", known_words()));
     }
   }
-  if (c.destroy && (c.create || c.up || !c.sets_nothing())) {
+  if (c.destroy && (c.create || c.up || c.prefix || !c.sets_nothing())) {
     return fail("conflicting-settings", "destroy cannot be combined with other settings");
   }
   for (const auto& a : c.add_addresses) {

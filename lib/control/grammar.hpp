@@ -58,6 +58,10 @@ Result<Change> parse_change(std::span<const std::string> tokens);
 /// `config` with `change` applied, validated as a whole.
 Result<EndpointConfig> apply_change(EndpointConfig config, const Change& change);
 
+/// "192.168.1.1", "10.0.0.1/8", "fd00::1": a word meant as an address (valid or not),
+/// never as a name.
+bool looks_like_address(std::string_view word);
+
 /// Splits "a,b,c" at commas (io-pkt option syntax).
 std::vector<std::string> split_commas(std::string_view text);
 

@@ -15,12 +15,12 @@ namespace {
 constexpr std::array<std::string_view, 6> kOps{op::kHello,  op::kList, op::kShow,
                                                op::kCreate, op::kSet,  op::kDestroy};
 
-Result<json> parse_object(std::string_view line, std::string_view what) {
+Result<json> parse_object(std::string_view line, std::string_view what, const char* code) {
   json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) {
-    return fail("bad-request", str("the ", what, " is not valid JSON"));
+    return fail(code, str("the ", what, " is not valid JSON"));
   }
-  if (!j.is_object()) return fail("bad-request", str("the ", what, " must be a JSON object"));
+  if (!j.is_object()) return fail(code, str("the ", what, " must be a JSON object"));
   return j;
 }
 
@@ -34,7 +34,7 @@ std::string encode(const Request& r) {
 }
 
 Result<Request> decode_request(std::string_view line) {
-  auto j = parse_object(line, "request");
+  auto j = parse_object(line, "request", "bad-request");
   if (!j) return std::unexpected(j.error());
   Request r;
   auto version = j->find("version");
@@ -87,7 +87,7 @@ std::string encode(const Response& r) {
 }
 
 Result<Response> decode_response(std::string_view line) {
-  auto j = parse_object(line, "response");
+  auto j = parse_object(line, "response", "bad-response");
   if (!j) return std::unexpected(j.error());
   Response r;
   auto ok = j->find("ok");

@@ -57,6 +57,9 @@ Result<ParsedAddress> parse_address(std::string_view text) {
   } else if (a.bytes[0] == 0xff) {
     return invalid("it is a multicast address");
   } else if (std::string_view(reinterpret_cast<const char*>(a.bytes.data()), 16) ==
+             std::string_view("\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\1", 16)) {
+    return invalid("it is the loopback address, which only lo can hold");
+  } else if (std::string_view(reinterpret_cast<const char*>(a.bytes.data()), 16) ==
              std::string_view("\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", 16)) {
     return invalid("it is the unspecified address");
   }
