@@ -13,6 +13,9 @@ struct Row {
   unsigned tun;
 };
 
+// gtest prints parameters it cannot name byte by byte (padding included); name them.
+void PrintTo(const Row& row, std::ostream* os) { *os << row.name; }
+
 class TunOffloadTable : public ::testing::TestWithParam<Row> {};
 
 TEST_P(TunOffloadTable, maps_one_feature_to_its_tun_flags) {
