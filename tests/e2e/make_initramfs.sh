@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Builds the end-to-end tier's guest: Debian's kernel and a busybox initramfs whose /init
+# loads the virtio-net modules, configures eth0 from the kernel command line, pings, prints
+# one result line on the serial console and powers off.
+# Usage: make_initramfs.sh OUTDIR   -> OUTDIR/vmlinuz, OUTDIR/initramfs.cpio.gz
+set -euo pipefail
+out=${1:?usage: make_initramfs.sh OUTDIR}
+mkdir -p "$out"
+kernel=$(ls /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1)
+[ -n "$kernel" ] || { echo "make_initramfs: no /boot/vmlinuz-* (install linux-image-amd64)" >&2; exit 1; }
+version=${kernel#/boot/vmlinuz-}
+moddir=/lib/modules/$version/kernel
+busybox=$(command -v busybox || true)
+[ -x /bin/busybox ] && busybox=/bin/busybox
+[ -n "$busybox" ] || { echo "make_initramfs: no busybox (install busybox-static)" >&2; exit 1; }
+file -L "$busybox" 2>/dev/null | grep -q 'statically linked' || true
+
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,sbin,proc,sys,dev,lib/modules,tmp}
+cp "$busybox" "$root/bin/busybox"
+for tool in sh mount insmod ip ping sleep cat echo poweroff grep sed seq ifconfig; do
+  ln -s busybox "$root/bin/$tool"
+done
+
+# Order matters: each module needs the ones before it.
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover \
+         net_failover virtio_net; do
+  f=$(find "$moddir" -name "$m.ko*" | head -n 1)
+  if [ -z "$f" ]; then
+    # Built into the kernel: nothing to load.
+    continue
+  fi
+  case "$f" in
+    *.xz) xz -dc "$f" > "$root/lib/modules/$m.ko" ;;
+    *.zst) zstd -qdc "$f" > "$root/lib/modules/$m.ko" ;;
+    *.gz) gzip -dc "$f" > "$root/lib/modules/$m.ko" ;;
+    *) cp "$f" "$root/lib/modules/$m.ko" ;;
+  esac
+  echo "$m" >> "$root/lib/modules/order"
+done
+
+cat > "$root/init" <<'INIT'
+#!/bin/sh
+# Kernel command line: vp.ip=A/N vp.peer=ADDR [vp.count=N] [vp.wait=SECONDS]
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+for m in $(cat /lib/modules/order 2>/dev/null); do insmod /lib/modules/$m.ko 2>/dev/null; done
+ip=; peer=; count=3; wait=30
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    vp.ip=*) ip=${arg#vp.ip=} ;;
+    vp.peer=*) peer=${arg#vp.peer=} ;;
+    vp.count=*) count=${arg#vp.count=} ;;
+    vp.wait=*) wait=${arg#vp.wait=} ;;
+  esac
+done
+ip link set lo up
+ip link set eth0 up
+ip addr add "$ip" dev eth0
+echo "VP-E2E: eth0 $(cat /sys/class/net/eth0/address) $ip, pinging $peer"
+ok=0
+for i in $(seq 1 "$wait"); do
+  if ping -c 1 -W 1 "$peer" >/dev/null 2>&1; then ok=1; break; fi
+done
+if [ "$ok" = 1 ] && ping -c "$count" -W 2 "$peer"; then
+  echo "VP-E2E-RESULT: ok"
+else
+  echo "VP-E2E-RESULT: fail"
+fi
+# Let the host ping us back for a moment before powering off.
+sleep "${VP_LINGER:-0}"
+poweroff -f
+INIT
+chmod +x "$root/init"
+cp "$kernel" "$out/vmlinuz"
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/initramfs.cpio.gz"
+echo "make_initramfs: $out/vmlinuz ($version), $out/initramfs.cpio.gz"
