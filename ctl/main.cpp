@@ -41,6 +41,7 @@ constexpr const char* kHelp =
     "  vpctl NAME                      show one endpoint\n"
     "  vpctl NAME SETTING...           change it; also up, down\n"
     "  vpctl NAME destroy              remove it and its TAP device\n"
+    "  vpctl NAME qemu-args            VMM options that attach a guest to it\n"
     "\n"
     "Settings: peer=PATH bind=PATH mac=MAC peerfeats=MASK legacy priority=N\n"
     "  transport=vhost-user|stream|tap bridge=BR address=CIDR mtu=N, -peer -bind -peerfeats\n"
@@ -148,6 +149,7 @@ int main(int argc, char** argv) {
   if (words.empty()) return usage_error("no command given");
 
   control::Request request;
+  bool vmm_args = false;
   const std::string& first = words.front();
   if (first == "list" || first == "version") {
     if (words.size() > 1) return usage_error(str("'", first, "' takes no arguments"));
@@ -170,6 +172,9 @@ int main(int argc, char** argv) {
     std::vector<std::string> rest(words.begin() + 1, words.end());
     if (rest.empty() || (rest.size() == 1 && rest.front() == "show")) {
       request.op = control::op::kShow;
+    } else if (rest.size() == 1 && rest.front() == "qemu-args") {
+      request.op = control::op::kShow;
+      vmm_args = true;
     } else if (rest.front() == "create") {
       request.op = control::op::kCreate;
       request.args.assign(rest.begin() + 1, rest.end());
@@ -206,6 +211,8 @@ int main(int argc, char** argv) {
                 r.result.value("endpoints", 0));
   } else if (request.op == control::op::kList) {
     std::fputs(vp::ctl::format_list(r.result).c_str(), stdout);
+  } else if (vmm_args) {
+    std::fputs(vp::ctl::format_vmm_args(r.result).c_str(), stdout);
   } else if (request.op == control::op::kDestroy || r.result.contains("destroyed")) {
     std::printf("%s destroyed\n", request.endpoint.c_str());
   } else {

@@ -134,4 +134,40 @@ std::string format_show(const json& e) {
   return out;
 }
 
+std::string format_vmm_args(const json& e) {
+  const std::string name = text(e, "name");
+  const std::string transport = text(e, "transport");
+  const std::string bind = text(e, "bind", "");
+  const std::string peer = text(e, "peer", "");
+  const std::string guest_mac = text(status_of(e), "guest_mac");
+  std::string out;
+  if (transport == "vhost-user") {
+    // vpd listens on bind= (QEMU connects and reconnects); with only peer=, QEMU serves.
+    const std::string chardev =
+        !bind.empty() ? "path=" + bind + ",reconnect=1" : "path=" + peer + ",server=on,wait=off";
+    out += "QEMU (guest memory must be shared with vpd; size it like -m):\n";
+    out += "  -object memory-backend-memfd,id=mem0,size=1G,share=on -numa node,memdev=mem0\n";
+    out += "  -chardev socket,id=" + name + "," + chardev + "\n";
+    out += "  -netdev vhost-user,id=" + name + ",chardev=" + name + "\n";
+    out += "  -device virtio-net-pci,netdev=" + name + ",mac=" + guest_mac + "\n";
+    out += "  (QEMU 7.2 under TCG only: add vectors=0 to -device, or it crashes at start)\n";
+    out += "\ncloud-hypervisor:\n";
+    out += "  --memory size=1G,shared=on\n";
+    out += "  --net vhost_user=true,socket=" + (!bind.empty() ? bind : peer) +
+           ",vhost_mode=" + (!bind.empty() ? "client" : "server") + ",mac=" + guest_mac + "\n";
+  } else if (transport == "stream") {
+    const std::string addr = !bind.empty() ? bind : peer;
+    out += "QEMU:\n";
+    out += "  -netdev stream,id=" + name + ",server=" + (!bind.empty() ? "off" : "on") +
+           ",addr.type=unix,addr.path=" + addr + "\n";
+    out += "  -device virtio-net-pci,netdev=" + name + ",mac=" + guest_mac + "\n";
+  } else {
+    out += "QEMU (in the network namespace that holds " + name + "):\n";
+    out += "  -netdev tap,id=" + name + ",ifname=" + name + ",script=no,downscript=no\n";
+    out += "  -device virtio-net-pci,netdev=" + name + ",mac=" + guest_mac + "\n";
+    out += "  (add vhost=on to -netdev where the host has /dev/vhost-net)\n";
+  }
+  return out;
+}
+
 }  // namespace vp::ctl

@@ -490,6 +490,7 @@ json Registry::describe(const Endpoint& e) {
       {"tun_offloads", net::tun_offload_names(e.tun_offloads)},
       {"vnet_hdr_len", e.config.vnet_hdr_len()},
       {"guest", "not attached"},
+      {"guest_mac", net::stable_mac(machine_id_, e.config.name + "/guest").to_string()},
       {"declared", e.declared},
   };
   json problems = e.problems;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "integration/vpd_fixture.hpp"
+#include "net/mac.hpp"
 
 namespace vp::test {
 namespace {
@@ -678,6 +679,32 @@ TEST_F(Lifecycle, vpctl_list_show_version_and_json_output) {
   const json changed = vpd().ctl_json({"vp1", "mtu=1280"});
   EXPECT_EQ(changed.value("mtu", 0), 1280);
   EXPECT_EQ(link_json("vp1").value("mtu", 0), 1280);
+}
+
+}  // namespace
+}  // namespace vp::test
+
+namespace vp::test {
+namespace {
+
+TEST_F(Lifecycle, qemu_args_name_the_bind_socket_and_a_stable_guest_mac) {
+  ASSERT_EQ(vpd().start(), "");
+  ok({"vp0", "create"});
+  const std::string first = ok({"vp0", "qemu-args"}).out;
+  const std::string sock = vpd().runtime_dir() + "/vp0.sock";
+  EXPECT_TRUE(contains(first, "-chardev socket,id=vp0,path=" + sock + ",reconnect=1")) << first;
+  EXPECT_TRUE(contains(first, "share=on")) << first;
+  const size_t at = first.find("virtio-net-pci,netdev=vp0,mac=");
+  ASSERT_NE(at, std::string::npos) << first;
+  const std::string guest_mac = first.substr(at + 30, 17);
+  auto parsed = vp::net::parse_mac(guest_mac);
+  ASSERT_TRUE(parsed) << guest_mac;
+  EXPECT_TRUE(parsed->is_locally_administered());
+  EXPECT_NE(guest_mac, show("vp0").value("mac", "")) << "guest and host ends differ";
+  // The same after a restart.
+  vpd().kill9();
+  ASSERT_EQ(vpd().start(), "");
+  EXPECT_EQ(ok({"vp0", "qemu-args"}).out, first);
 }
 
 }  // namespace

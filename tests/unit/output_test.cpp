@@ -334,5 +334,47 @@ TEST(FormatShow, endpoint_without_status_shows_placeholders) {
   EXPECT_EQ(show_value(out, "mac"), "02:00:00:00:00:01");
 }
 
+json with_guest_mac(json j) {
+  j["status"]["guest_mac"] = "06:00:00:00:00:09";
+  return j;
+}
+
+TEST(FormatVmmArgs, bind_endpoint_gives_qemu_a_reconnecting_client_and_shared_memory) {
+  const std::string out = format_vmm_args(with_guest_mac(described(vp0(), "up", false, 0)));
+  EXPECT_TRUE(contains(out, "memory-backend-memfd,id=mem0,size=1G,share=on")) << out;
+  EXPECT_TRUE(contains(out, "-chardev socket,id=vp0,path=/run/vpd/vp0.sock,reconnect=1")) << out;
+  EXPECT_TRUE(contains(out, "-netdev vhost-user,id=vp0,chardev=vp0")) << out;
+  EXPECT_TRUE(contains(out, "-device virtio-net-pci,netdev=vp0,mac=06:00:00:00:00:09")) << out;
+  EXPECT_TRUE(contains(out, "vectors=0")) << "the TCG workaround is mentioned";
+  EXPECT_TRUE(contains(out, "--net vhost_user=true,socket=/run/vpd/vp0.sock,vhost_mode=client"))
+      << out;
+}
+
+TEST(FormatVmmArgs, peer_endpoint_makes_qemu_the_server) {
+  control::EndpointConfig c = vp0();
+  c.bind.clear();
+  c.peer = "/run/qemu/g1.sock";
+  const std::string out = format_vmm_args(with_guest_mac(described(c, "up", false, 0)));
+  EXPECT_TRUE(contains(out, "path=/run/qemu/g1.sock,server=on,wait=off")) << out;
+  EXPECT_TRUE(contains(out, "vhost_mode=server")) << out;
+  EXPECT_FALSE(contains(out, "reconnect=1")) << out;
+}
+
+TEST(FormatVmmArgs, stream_and_tap_transports_use_their_netdevs) {
+  control::EndpointConfig s = vp0();
+  s.transport = control::Transport::kStream;
+  const std::string stream = format_vmm_args(with_guest_mac(described(s, "up", false, 0)));
+  EXPECT_TRUE(contains(stream,
+                       "-netdev stream,id=vp0,server=off,addr.type=unix,"
+                       "addr.path=/run/vpd/vp0.sock"))
+      << stream;
+  control::EndpointConfig t = vp0();
+  t.transport = control::Transport::kTap;
+  t.bind.clear();
+  const std::string tap = format_vmm_args(with_guest_mac(described(t, "up", false, 0)));
+  EXPECT_TRUE(contains(tap, "-netdev tap,id=vp0,ifname=vp0,script=no,downscript=no")) << tap;
+  EXPECT_TRUE(contains(tap, "vhost=on")) << tap;
+}
+
 }  // namespace
 }  // namespace vp::ctl
