@@ -11,14 +11,17 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <optional>
+#include <thread>
 
 #include "control/config_file.hpp"
 #include "control/state_file.hpp"
 #include "daemon/control_server.hpp"
+#include "daemon/dataplane.hpp"
 #include "daemon/options.hpp"
 #include "daemon/registry.hpp"
 #include "net/mac.hpp"
@@ -104,6 +107,14 @@ int run(const Options& o) {
     log::warning("vpd is not running as root; creating TAP devices needs CAP_NET_ADMIN");
   }
 
+  // Block the signals vpd reads from its signalfd before any thread starts, so that every
+  // data-path worker inherits the mask and none of them takes SIGTERM's default action.
+  sigset_t signals;
+  sigemptyset(&signals);
+  for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&signals, s);
+  ::sigprocmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
   StoppingGuard stopping;
   for (const auto* dir : {&o.runtime_dir, &o.state_dir}) {
     if (auto ok = make_directories(*dir, 0755); !ok) {
@@ -144,7 +155,10 @@ int run(const Options& o) {
     log::error(netlink.error().message);
     return 1;
   }
-  Registry registry(std::move(*netlink), {o.runtime_dir, state_path}, net::read_machine_id());
+  // Data-path workers: one per core, at most 4; each owns whole endpoints.
+  Dataplane dataplane(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
+  Registry registry(std::move(*netlink), {o.runtime_dir, state_path}, net::read_machine_id(),
+                    dataplane);
   sd_notify(0, "STATUS=restoring saved endpoints");
   registry.restore(*state);
   registry.apply_declarations(*declarations);
@@ -175,11 +189,6 @@ int run(const Options& o) {
         return response;
       });
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&signals, s);
-  ::sigprocmask(SIG_BLOCK, &signals, nullptr);
-  ::signal(SIGPIPE, SIG_IGN);
   Fd sigfd(::signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC));
 
   // One periodic tick: the watchdog (at half its interval) and idle-client sweeping.

@@ -1,7 +1,12 @@
 #include "daemon/registry.hpp"
 
+#include <grp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <set>
+#include <tuple>
 
 #include "net/ifname.hpp"
 #include "sys/log.hpp"
@@ -26,8 +31,44 @@ std::string join(const std::vector<std::string>& words, std::string_view sep) {
 
 }  // namespace
 
-Registry::Registry(net::Netlink netlink, Paths paths, std::string machine_id)
-    : netlink_(std::move(netlink)), paths_(std::move(paths)), machine_id_(std::move(machine_id)) {}
+Registry::Registry(net::Netlink netlink, Paths paths, std::string machine_id, Dataplane& dataplane)
+    : netlink_(std::move(netlink)),
+      dataplane_(dataplane),
+      paths_(std::move(paths)),
+      machine_id_(std::move(machine_id)) {}
+
+Registry::~Registry() {
+  // Workers let go of every endpoint before the TAP handles here close.
+  for (const auto& [name, e] : endpoints_) dataplane_.detach(name);
+}
+
+Result<void> Registry::sync_dataplane(Endpoint& e, const EndpointConfig* before,
+                                      const EndpointConfig& c) {
+  if (c.transport != control::Transport::kVhostUser || e.tap.fd() < 0) {
+    dataplane_.detach(c.name);
+    return {};
+  }
+  auto guest_sees = [](const EndpointConfig& x) {
+    return std::tie(x.transport, x.peer, x.bind, x.peerfeats, x.legacy, x.mtu, x.toggles);
+  };
+  if (before && dataplane_.attached(c.name) && guest_sees(*before) == guest_sees(c)) return {};
+  // The old attachment lets go of its socket first; the guest reconnects to the new one.
+  dataplane_.detach(c.name);
+  Fd listener;
+  if (!c.bind.empty()) {
+    const group* g = ::getgrnam("vpd");
+    auto fd = g ? listen_unix(c.bind, 0660, g->gr_gid) : listen_unix(c.bind, 0660);
+    if (!fd) {
+      return fail(fd.error().code == "address-in-use" ? "duplicate-path" : "bad-value",
+                  str(c.name, ": cannot listen on bind=", c.bind, ": ", fd.error().message));
+    }
+    listener = std::move(*fd);
+  }
+  auto tap = e.tap.duplicate();
+  if (!tap) return std::unexpected(tap.error());
+  dataplane_.attach(c, std::move(*tap), std::move(listener));
+  return {};
+}
 
 size_t Registry::troubled() const {
   return std::count_if(endpoints_.begin(), endpoints_.end(),
@@ -141,13 +182,15 @@ Result<void> Registry::realise(Endpoint& e, const EndpointConfig* before,
   if (!check(ensure_tap(e))) return std::unexpected(*failed);
   if (e.tap.fd() < 0) return {};  // best effort: nothing more can be done without the TAP
   const std::string& name = want.name;
-  if (e.vnet_hdr_len != want.vnet_hdr_len()) {
+  // While a guest has negotiated, the worker decides the header length and offloads.
+  const bool guest_decides = dataplane_.session_active(name);
+  if (!guest_decides && e.vnet_hdr_len != want.vnet_hdr_len()) {
     if (!check(e.tap.set_vnet_hdr_size(want.vnet_hdr_len()))) return std::unexpected(*failed);
     e.vnet_hdr_len = want.vnet_hdr_len();
   }
   // Until a guest attaches, the TAP offloads follow peerfeats ∩ toggles.
   const unsigned offloads = net::tun_offloads_for(want.features());
-  auto applied = e.tap.set_offload(offloads);
+  auto applied = guest_decides ? Result<unsigned>(e.tun_offloads) : e.tap.set_offload(offloads);
   if (!applied) {
     if (!check(std::unexpected(applied.error()))) return std::unexpected(*failed);
   } else {
@@ -221,10 +264,12 @@ Result<void> Registry::realise(Endpoint& e, const EndpointConfig* before,
   if (!now.up && want.up && !check(netlink_.set_up(e.ifindex, true))) {
     return std::unexpected(*failed);
   }
+  if (!check(sync_dataplane(e, before, want))) return std::unexpected(*failed);
   return {};
 }
 
 Result<void> Registry::remove_tap(Endpoint& e) {
+  dataplane_.detach(e.config.name);
   if (e.tap.fd() >= 0) {
     (void)e.tap.set_persist(false);
   }
@@ -404,6 +449,7 @@ Result<json> Registry::create(std::string name, const control::Change& change, s
   }
   if (auto ok = realise(e, nullptr, *config); !ok) {
     if (found) {
+      dataplane_.detach(name);
       put_back(found->ifindex, *found, found_addresses);
       e.tap.close();
     } else {
@@ -476,6 +522,11 @@ Result<void> Registry::destroy(const std::string& name, const Caller& caller) {
   if (auto ok = remove_tap(e); !ok) {
     log::error(name, ": removed from vpd, but the kernel kept the TAP: ", ok.error().message);
   }
+  // The bind socket goes with the endpoint (the listener closed with the detach).
+  struct stat st {};
+  if (!e.config.bind.empty() && ::lstat(e.config.bind.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    ::unlink(e.config.bind.c_str());
+  }
   log::notice(name, ": destroyed (by ", caller.who, ")");
   return {};
 }
@@ -512,6 +563,29 @@ json Registry::describe(const Endpoint& e) {
     status["carrier"] = false;
     status["master"] = "";
     if (link && e.problems.empty()) problems.push_back("the TAP device does not exist");
+  }
+  if (auto v = dataplane_.view(e.config.name)) {
+    status["guest"] = v->state == "connected" ? "connected" : v->state + " on " + v->socket;
+    json counters = json::object();
+    for (const auto& f : dataplane::kNetCounterFields)
+      counters[std::string(f.name)] = v->counters.*f.member;
+    status["counters"] = counters;
+    if (v->state == "connected") {
+      status["session"] = {
+          {"features", net::feature_names(v->features)},
+          {"features_hex", control::peerfeats_text(v->features)},
+          {"ring", v->features ? (v->packed ? "packed" : "split") : "-"},
+          {"queues_running", v->queues_running},
+          {"queues", v->queues},
+          {"sessions", v->sessions},
+          {"refused_messages", v->refused_messages},
+          {"broken_queues", v->broken_queues},
+      };
+      if (v->features) {
+        status["tun_offloads"] = net::tun_offload_names(v->tun_offloads);
+        status["vnet_hdr_len"] = v->hdr_len;
+      }
+    }
   }
   status["problems"] = problems;
   j["status"] = status;

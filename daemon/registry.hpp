@@ -11,6 +11,7 @@
 #include "control/grammar.hpp"
 #include "control/protocol.hpp"
 #include "control/state_file.hpp"
+#include "daemon/dataplane.hpp"
 #include "net/link.hpp"
 #include "net/tap.hpp"
 #include "sys/error.hpp"
@@ -47,7 +48,9 @@ class Registry {
     std::string state_file;
   };
 
-  Registry(net::Netlink netlink, Paths paths, std::string machine_id);
+  /// `dataplane` serves the guest side of vhost-user endpoints; it must outlive the Registry.
+  Registry(net::Netlink netlink, Paths paths, std::string machine_id, Dataplane& dataplane);
+  ~Registry();
 
   /// Re-adopts (or re-creates) every saved endpoint and makes the kernel match it. An
   /// endpoint that cannot be realised is kept, with its problem recorded and logged.
@@ -95,12 +98,17 @@ class Registry {
   /// Puts an adopted interface back as it was found (after a refused create).
   void put_back(int ifindex, const net::LinkInfo& was,
                 const std::vector<net::IfAddress>& addresses);
+  /// Hands the endpoint's guest side to the data plane when it has none yet or a setting
+  /// that the guest sees changed (the guest then reconnects).
+  Result<void> sync_dataplane(Endpoint& e, const control::EndpointConfig* before,
+                              const control::EndpointConfig& want);
   /// Removes the TAP device.
   Result<void> remove_tap(Endpoint& e);
   Result<void> save();
   nlohmann::json describe(const Endpoint& e);
 
   net::Netlink netlink_;
+  Dataplane& dataplane_;
   Paths paths_;
   std::string machine_id_;
   std::map<std::string, Endpoint> endpoints_;

@@ -31,7 +31,7 @@ struct FeatureName {
   uint64_t bit;
   const char* name;
 };
-constexpr std::array<FeatureName, 14> kFeatures{{
+constexpr std::array<FeatureName, 25> kFeatures{{
     {feature::kCsum, "CSUM"},
     {feature::kGuestCsum, "GUEST_CSUM"},
     {feature::kGso, "GSO"},
@@ -46,6 +46,18 @@ constexpr std::array<FeatureName, 14> kFeatures{{
     {feature::kGuestUso4, "GUEST_USO4"},
     {feature::kGuestUso6, "GUEST_USO6"},
     {feature::kHostUso, "HOST_USO"},
+    // Not offloads, but named when vpctl shows what a guest negotiated.
+    {1ull << 3, "MTU"},
+    {1ull << 5, "MAC"},
+    {1ull << 15, "MRG_RXBUF"},
+    {1ull << 16, "STATUS"},
+    {1ull << 22, "MQ"},
+    {1ull << 27, "ANY_LAYOUT"},
+    {1ull << 28, "INDIRECT_DESC"},
+    {1ull << 29, "EVENT_IDX"},
+    {1ull << 30, "PROTOCOL_FEATURES"},
+    {1ull << 32, "VERSION_1"},
+    {1ull << 34, "RING_PACKED"},
 }};
 
 // SPEC: virtio 1.2 §5.1.3.1 — each bit and the bits it needs (any one of `any_of`, all of

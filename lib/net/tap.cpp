@@ -43,6 +43,15 @@ int set_iff(int fd, std::string_view name, bool multi_queue, std::string& actual
 
 }  // namespace
 
+Result<Tap> Tap::duplicate() const {
+  Tap copy;
+  copy.fd_.reset(::fcntl(fd_.get(), F_DUPFD_CLOEXEC, 0));
+  if (!copy.fd_) return sys_fail(str("dup TAP queue of ", name_), errno);
+  copy.name_ = name_;
+  copy.multi_queue_ = multi_queue_;
+  return copy;
+}
+
 Result<Tap> Tap::open(std::string_view name, bool multi_queue) {
   if (auto valid = validate_ifname(name); !valid) return std::unexpected(std::move(valid.error()));
   auto fd = open_tun();

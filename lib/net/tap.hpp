@@ -24,6 +24,8 @@ class Tap {
 
   int fd() const noexcept { return fd_.get(); }
   const std::string& name() const noexcept { return name_; }
+  /// Another handle (dup) on the same queue, e.g. for the data-path worker.
+  Result<Tap> duplicate() const;
   bool multi_queue() const noexcept { return multi_queue_; }
 
   /// TUNSETPERSIST: a persistent TAP stays when the last queue closes. Clearing it and

@@ -13,7 +13,6 @@ moddir=/lib/modules/$version/kernel
 busybox=$(command -v busybox || true)
 [ -x /bin/busybox ] && busybox=/bin/busybox
 [ -n "$busybox" ] || { echo "make_initramfs: no busybox (install busybox-static)" >&2; exit 1; }
-file -L "$busybox" 2>/dev/null | grep -q 'statically linked' || true
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT

@@ -261,9 +261,9 @@ TEST(StateFile, save_into_read_only_directory_fails_and_keeps_the_file) {
   const fs::path parent = fs::path(path).parent_path();
   // r-x for everyone: nobody but root may create the temporary file. Root ignores
   // permissions, so the save runs in a child that has dropped to an unprivileged uid.
-  fs::permissions(parent, fs::perms::owner_read | fs::perms::owner_exec |
-                              fs::perms::group_read | fs::perms::group_exec |
-                              fs::perms::others_read | fs::perms::others_exec);
+  fs::permissions(parent, fs::perms::owner_read | fs::perms::owner_exec | fs::perms::group_read |
+                              fs::perms::group_exec | fs::perms::others_read |
+                              fs::perms::others_exec);
   const pid_t child = ::fork();
   ASSERT_GE(child, 0);
   if (child == 0) {

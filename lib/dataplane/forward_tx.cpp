@@ -1,0 +1,169 @@
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <optional>
+
+#include "dataplane/forward.hpp"
+#include "dataplane/forward_internal.hpp"
+#include "virtio/packed_queue.hpp"
+#include "virtio/split_queue.hpp"
+
+namespace vp::dataplane {
+
+namespace {
+
+enum class TxOutcome : uint8_t { kSent, kDropped, kTapFull };
+
+void count_header_fault(TxHeaderFault fault, NetCounters& c) noexcept {
+  switch (fault) {
+    case TxHeaderFault::kNone:
+      return;
+    case TxHeaderFault::kBadFlags:
+      ++c.tx_dropped_bad_flags;
+      return;
+    case TxHeaderFault::kCsumNotNegotiated:
+      ++c.tx_dropped_csum_not_negotiated;
+      return;
+    case TxHeaderFault::kBadCsumOffsets:
+      ++c.tx_dropped_bad_csum_offsets;
+      return;
+    case TxHeaderFault::kGsoNotNegotiated:
+      ++c.tx_dropped_gso_not_negotiated;
+      return;
+    case TxHeaderFault::kBadGso:
+      ++c.tx_dropped_bad_gso;
+      return;
+    case TxHeaderFault::kHdrLenPastFrame:
+      ++c.tx_dropped_hdr_len_past_frame;
+      return;
+  }
+}
+
+/// Checks one chain and writes its frame to the TAP. `chain.readable` is a subspan of the
+/// scratch array that starts at index 1, so the element before it is ours to overwrite.
+TxOutcome send_one(const virtio::Chain& chain, int tap_fd, const NetSession& s,
+                   std::span<std::byte, kNetHdrSize> hdr_copy, NetCounters& c) noexcept {
+  const uint32_t hdr_len = s.hdr_len;
+  // GUEST: the chain's shape and lengths were bounded by the queue; the rules here are
+  // virtio-net's. SPEC: virtio 1.2 §5.1.6.2: a TX buffer is device-readable only.
+  if (chain.writable_bytes != 0) {
+    ++c.tx_dropped_malformed_chain;
+    return TxOutcome::kDropped;
+  }
+  if (chain.readable_bytes < hdr_len + kEthHeaderSize) {
+    ++c.tx_dropped_too_short;
+    return TxOutcome::kDropped;
+  }
+  const uint32_t frame_len = chain.readable_bytes - hdr_len;
+  if (frame_len > kMaxFrameSize) {
+    ++c.tx_dropped_too_long;
+    return TxOutcome::kDropped;
+  }
+  // GUEST: the header is copied out once and only the copy is checked and sent: the guest
+  // may rewrite its buffer at any time, and the TAP must get what was checked.
+  const std::span<std::byte> hdr = hdr_copy.first(hdr_len);
+  detail::gather(chain.readable, hdr);
+  const TxHeaderFault fault = check_tx_header(decode_net_hdr(hdr), frame_len, s.features);
+  if (fault != TxHeaderFault::kNone) {
+    count_header_fault(fault, c);
+    return TxOutcome::kDropped;
+  }
+
+  // Skip the header in the guest's elements (ANY_LAYOUT: it may end inside one, exactly at
+  // one's end, or span several) and put the checked copy in the slot just before the first
+  // data element. Zero-length descriptors produce no iovec, so each step consumes bytes and
+  // an element with data follows (the frame has at least an Ethernet header).
+  iovec* elem = chain.readable.data();
+  std::size_t skip = hdr_len;
+  while (skip >= elem->iov_len) {
+    skip -= elem->iov_len;
+    ++elem;
+  }
+  elem->iov_base = static_cast<std::byte*>(elem->iov_base) + skip;
+  elem->iov_len -= skip;
+  iovec* first = elem - 1;  // a consumed header element, or scratch slot 0
+  *first = iovec{hdr.data(), hdr_len};
+  const int count = static_cast<int>(chain.readable.data() + chain.readable.size() - first);
+
+  ssize_t n;
+  do {
+    n = ::writev(tap_fd, first, count);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return TxOutcome::kTapFull;
+  if (n != static_cast<ssize_t>(chain.readable_bytes)) {
+    // tun refuses the whole frame (EINVAL for a header it rejects, EIO while the link is
+    // down) or takes all of it; anything else is a failure too. Dropped, never retried.
+    ++c.tap_write_fails;
+    return TxOutcome::kDropped;
+  }
+  ++c.tx_packets;
+  c.tx_bytes += frame_len;
+  return TxOutcome::kSent;
+}
+
+}  // namespace
+
+template <virtio::Virtqueue Q>
+ForwardResult forward_tx(Q& q, int tap_fd, int call_fd, const NetSession& s, NetScratch& scratch,
+                         NetCounters& c) noexcept {
+  ForwardResult r;
+  if (!q.ready()) {
+    r.status = ForwardStatus::kQueueStopped;
+    return r;
+  }
+  const uint64_t used_before = q.counters().used_returned;
+  // While this call runs, kicks would only cost the guest exits: ask for them again when the
+  // ring runs dry.
+  q.disable_notifications();
+  const std::span<iovec> all = scratch.iov();
+  // Slot 0 is reserved for the header copy (see send_one); at most kIovMax per writev.
+  const std::span<iovec> chain_iov = all.subspan(1, std::min(all.size(), detail::kIovMax) - 1);
+  const uint32_t budget = std::max<uint32_t>(s.budget, 1);
+
+  uint32_t rechecks = 0;
+  r.status = ForwardStatus::kBudget;
+  while (r.chains < budget) {
+    std::optional<virtio::Chain> chain = q.pop(chain_iov);
+    if (!chain) {
+      if (!q.ready()) {
+        r.status = ForwardStatus::kQueueStopped;
+        break;
+      }
+      // The race: the driver may have added a chain after our last look and before it saw
+      // the request for kicks; enable_notifications() looks again. Bounded, in case a guest
+      // keeps offering only malformed chains (pop() gives those back without counting here).
+      if (q.enable_notifications()) {
+        if (++rechecks > budget) break;  // kBudget: call again
+        q.disable_notifications();
+        continue;
+      }
+      r.status = ForwardStatus::kIdle;
+      break;
+    }
+    const TxOutcome outcome = send_one(*chain, tap_fd, s, scratch.tx_header(), c);
+    if (outcome == TxOutcome::kTapFull) {
+      // STYLE 5: rewind and wait for EPOLLOUT. unpop() is valid: nothing touched the queue
+      // since this pop.
+      q.unpop();
+      ++c.tx_tap_full;
+      r.status = ForwardStatus::kTapFull;
+      break;
+    }
+    // STYLE 4: every chain goes back; nothing was written into a TX buffer.
+    q.push_used(chain->head, 0);
+    ++r.chains;
+    if (outcome == TxOutcome::kSent) ++r.frames;
+  }
+  detail::publish_and_notify(q, call_fd, used_before, c);
+  return r;
+}
+
+template ForwardResult forward_tx<virtio::SplitQueue>(virtio::SplitQueue&, int, int,
+                                                      const NetSession&, NetScratch&,
+                                                      NetCounters&) noexcept;
+template ForwardResult forward_tx<virtio::PackedQueue>(virtio::PackedQueue&, int, int,
+                                                       const NetSession&, NetScratch&,
+                                                       NetCounters&) noexcept;
+
+}  // namespace vp::dataplane

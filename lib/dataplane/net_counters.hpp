@@ -1,0 +1,98 @@
+#pragma once
+
+// What one queue pair's forwarding did, named after outcomes (STYLE 9). Plain integers owned
+// by the worker thread: forward_tx()/forward_rx() add to the worker's local copy during one
+// wake-up and the worker publishes it once (e.g. adds it into the endpoint's shared stats).
+
+#include <cstdint>
+#include <iterator>
+#include <string_view>
+
+namespace vp::dataplane {
+
+struct NetCounters {
+  // Guest → TAP.
+  uint64_t tx_packets = 0;  ///< frames written to the TAP
+  uint64_t tx_bytes = 0;    ///< their Ethernet bytes (virtio header not counted)
+  /// TX chains with device-writable descriptors (a TX chain is device-readable only).
+  uint64_t tx_dropped_malformed_chain = 0;
+  uint64_t tx_dropped_too_short = 0;  ///< shorter than the virtio header plus an Ethernet header
+  uint64_t tx_dropped_too_long = 0;   ///< frame longer than kMaxFrameSize
+  uint64_t tx_dropped_bad_flags = 0;  ///< header flags other than NEEDS_CSUM
+  uint64_t tx_dropped_csum_not_negotiated = 0;  ///< NEEDS_CSUM without VIRTIO_NET_F_CSUM
+  uint64_t tx_dropped_bad_csum_offsets = 0;     ///< checksum field past the frame
+  uint64_t tx_dropped_gso_not_negotiated = 0;   ///< GSO type (or ECN) not acked
+  uint64_t tx_dropped_bad_gso = 0;              ///< unknown type, gso_size 0, no NEEDS_CSUM
+  uint64_t tx_dropped_hdr_len_past_frame = 0;
+  uint64_t tap_write_fails = 0;  ///< writev failed (not EAGAIN): frame dropped, chain returned
+  uint64_t tx_tap_full = 0;      ///< writev said EAGAIN: chain rewound, wait for EPOLLOUT
+
+  // TAP → guest.
+  uint64_t rx_packets = 0;  ///< frames delivered into guest buffers
+  uint64_t rx_bytes = 0;    ///< their Ethernet bytes (virtio header not counted)
+  /// Frames read from the TAP that did not fit the buffers the guest offered: read (the TAP
+  /// cannot say a frame's size before it is read) and dropped, never delivered truncated.
+  uint64_t rx_dropped_too_big = 0;
+  uint64_t rx_dropped_runt = 0;  ///< a read shorter than the virtio header plus Ethernet header
+  /// RX chains with device-readable descriptors or smaller than the virtio header: given
+  /// back with length 0.
+  uint64_t rx_malformed_chain = 0;
+  /// Popped RX buffers that could not be rewound (the queue gave back a chain popped after
+  /// them) and were given back with length 0; the guest counts them as length errors.
+  uint64_t rx_buffers_returned_empty = 0;
+  uint64_t no_rx_avail_buffer = 0;  ///< a frame waited in the TAP and the guest had no buffer
+  uint64_t tap_read_fails = 0;      ///< readv failed (not EAGAIN)
+
+  // Notifications.
+  uint64_t kicks = 0;       ///< kick eventfd reads that found a kick
+  uint64_t interrupts = 0;  ///< call eventfd writes
+  /// Batches that gave buffers back without an interrupt (the driver suppressed it).
+  uint64_t interrupts_suppressed = 0;
+
+  NetCounters& operator+=(const NetCounters& other) noexcept;
+  bool operator==(const NetCounters&) const = default;
+};
+
+/// One counter: its stable name (stats output, JSON) and where it lives.
+struct NetCounterField {
+  std::string_view name;
+  uint64_t NetCounters::*member;
+};
+
+/// Every NetCounters field, in declaration order.
+inline constexpr NetCounterField kNetCounterFields[] = {
+    {"tx_packets", &NetCounters::tx_packets},
+    {"tx_bytes", &NetCounters::tx_bytes},
+    {"tx_dropped_malformed_chain", &NetCounters::tx_dropped_malformed_chain},
+    {"tx_dropped_too_short", &NetCounters::tx_dropped_too_short},
+    {"tx_dropped_too_long", &NetCounters::tx_dropped_too_long},
+    {"tx_dropped_bad_flags", &NetCounters::tx_dropped_bad_flags},
+    {"tx_dropped_csum_not_negotiated", &NetCounters::tx_dropped_csum_not_negotiated},
+    {"tx_dropped_bad_csum_offsets", &NetCounters::tx_dropped_bad_csum_offsets},
+    {"tx_dropped_gso_not_negotiated", &NetCounters::tx_dropped_gso_not_negotiated},
+    {"tx_dropped_bad_gso", &NetCounters::tx_dropped_bad_gso},
+    {"tx_dropped_hdr_len_past_frame", &NetCounters::tx_dropped_hdr_len_past_frame},
+    {"tap_write_fails", &NetCounters::tap_write_fails},
+    {"tx_tap_full", &NetCounters::tx_tap_full},
+    {"rx_packets", &NetCounters::rx_packets},
+    {"rx_bytes", &NetCounters::rx_bytes},
+    {"rx_dropped_too_big", &NetCounters::rx_dropped_too_big},
+    {"rx_dropped_runt", &NetCounters::rx_dropped_runt},
+    {"rx_malformed_chain", &NetCounters::rx_malformed_chain},
+    {"rx_buffers_returned_empty", &NetCounters::rx_buffers_returned_empty},
+    {"no_rx_avail_buffer", &NetCounters::no_rx_avail_buffer},
+    {"tap_read_fails", &NetCounters::tap_read_fails},
+    {"kicks", &NetCounters::kicks},
+    {"interrupts", &NetCounters::interrupts},
+    {"interrupts_suppressed", &NetCounters::interrupts_suppressed},
+};
+
+static_assert(sizeof(NetCounters) == sizeof(uint64_t) * std::size(kNetCounterFields),
+              "every NetCounters field is listed in kNetCounterFields");
+
+inline NetCounters& NetCounters::operator+=(const NetCounters& other) noexcept {
+  for (const NetCounterField& f : kNetCounterFields) this->*f.member += other.*f.member;
+  return *this;
+}
+
+}  // namespace vp::dataplane
