@@ -332,7 +332,10 @@ class Port final : public vhost::Device {
     if (!backend_) return;
     const int fd = backend_->fd();
     del_fd(fd);
-    backend_.reset();  // stops the rings: on_queue_stopped() for each
+    // Stop the rings (on_queue_stopped() for each) while backend_ still points at the
+    // session: unique_ptr::reset() clears the pointer before the destructor runs.
+    backend_->close();
+    backend_.reset();
     acked_ = 0;
     // Back to what the endpoint's settings say while no guest is attached.
     (void)tap_.set_vnet_hdr_size(config_.vnet_hdr_len());

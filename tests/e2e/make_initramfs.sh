@@ -68,7 +68,14 @@ if [ "$ok" = 1 ] && ping -c "$count" -W 2 "$peer"; then
 else
   echo "VP-E2E-RESULT: fail"
 fi
-# Let the host ping us back for a moment before powering off.
+# VP_PINGLOOP=N (kernel command line): N more pings, one line each, so a test can watch
+# traffic stop and resume (e.g. across a vpd restart).
+i=0
+while [ "$i" -lt "${VP_PINGLOOP:-0}" ]; do
+  if ping -c 1 -W 1 "$peer" >/dev/null 2>&1; then echo "VP-E2E-PING: ok $i"; else echo "VP-E2E-PING: fail $i"; sleep 1; fi
+  i=$((i + 1))
+done
+# VP_LINGER=S: stay up S seconds so the host can ping the guest.
 sleep "${VP_LINGER:-0}"
 poweroff -f
 INIT

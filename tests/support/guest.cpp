@@ -30,12 +30,27 @@ Guest::~Guest() {
 
 std::string Guest::start(const GuestOptions& o) {
   std::string append = "console=ttyS0 quiet panic=-1 vp.ip=" + o.ip + " vp.peer=" + o.peer +
-                       " vp.count=" + std::to_string(o.count);
-  std::vector<std::string> args{"qemu-system-x86_64", "-accel", "tcg", "-m", "256M",
-                                "-nographic", "-no-reboot", "-nodefaults", "-serial",
-                                "file:" + console_path_, "-display", "none",
-                                "-kernel", o.image_dir + "/vmlinuz", "-initrd",
-                                o.image_dir + "/initramfs.cpio.gz", "-append", append};
+                       " vp.count=" + std::to_string(o.count) +
+                       " VP_LINGER=" + std::to_string(o.linger) +
+                       " VP_PINGLOOP=" + std::to_string(o.pingloop);
+  std::vector<std::string> args{"qemu-system-x86_64",
+                                "-accel",
+                                "tcg",
+                                "-m",
+                                "256M",
+                                "-nographic",
+                                "-no-reboot",
+                                "-nodefaults",
+                                "-serial",
+                                "file:" + console_path_,
+                                "-display",
+                                "none",
+                                "-kernel",
+                                o.image_dir + "/vmlinuz",
+                                "-initrd",
+                                o.image_dir + "/initramfs.cpio.gz",
+                                "-append",
+                                append};
   if (o.shared_memory) {
     for (const char* a : {"-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-numa",
                           "node,memdev=mem"}) {

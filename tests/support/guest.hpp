@@ -17,7 +17,8 @@ struct GuestOptions {
   std::string ip;         // e.g. 10.99.0.2/24
   std::string peer;       // address the guest pings
   int count = 3;
-  int linger = 0;  // seconds the guest stays up after its result line
+  int linger = 0;    // seconds the guest stays up after its result line
+  int pingloop = 0;  // pings after the result line, one "VP-E2E-PING: ok|fail N" line each
   std::string mac = "52:54:00:00:00:02";
   /// QEMU options that give the guest its NIC, e.g. -chardev/-netdev/-device.
   std::vector<std::string> nic;

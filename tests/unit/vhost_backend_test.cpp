@@ -22,7 +22,7 @@
 
 // The front-end lives in tests/support so integration tests and the benchmark can use it
 // too; until it has a CMake target of its own it is compiled into this test.
-#include "../support/vhost_frontend.cpp"
+#include "support/vhost_frontend.hpp"
 
 // A real front-end (memfd guest RAM, rings laid out by a driver, real vhost-user messages)
 // talks to the engine over a socketpair, both on this thread: the front-end's wait loop
@@ -1012,7 +1012,7 @@ TEST_F(VhostBackend, random_well_framed_messages_never_crash_the_engine_or_leak_
   uint64_t handled = 0, refused = 0;
   int sessions = 1;
   std::vector<std::byte> payload;
-  for (int i = 0; i < 20000; ++i) {
+  for (int i = 0; i < 10000; ++i) {
     if (backend_->closed()) {  // a refused GET_* ends the session; start another
       handled += counters().requests_handled;
       refused += counters().requests_refused;
@@ -1022,7 +1022,13 @@ TEST_F(VhostBackend, random_well_framed_messages_never_crash_the_engine_or_leak_
       start_session();
       ++sessions;
     }
-    const auto request = static_cast<uint32_t>(rng() % (kRequestLimit + 4));
+    // Mostly requests without a reply body: a refused GET_* ends the session, which keeps
+    // the engine's state shallow.
+    auto request = static_cast<uint32_t>(rng() % (kRequestLimit + 4));
+    while (rng() % 10 != 0 && find_rule(request) != nullptr &&
+           find_rule(request)->reply == Reply::kAlways) {
+      request = static_cast<uint32_t>(rng() % (kRequestLimit + 4));
+    }
     uint32_t flags = kVersion;
     if (rng() % 2 == 0) flags |= kFlagNeedReply;
     if (rng() % 16 == 0) flags = static_cast<uint32_t>(rng());
