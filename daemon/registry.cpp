@@ -1,10 +1,13 @@
 #include "daemon/registry.hpp"
 
 #include <grp.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <charconv>
 #include <set>
 #include <tuple>
 
@@ -41,6 +44,39 @@ Registry::~Registry() {
   // Workers let go of every endpoint before the TAP handles here close.
   for (const auto& [name, e] : endpoints_) dataplane_.detach(name);
 }
+/// The uid and gid a bind socket (or a tap-transport TAP) is handed to; -1 keeps root's.
+
+static Result<std::pair<uid_t, gid_t>> socket_ids(const EndpointConfig& c) {
+  uid_t uid = static_cast<uid_t>(-1);
+  gid_t gid = static_cast<gid_t>(-1);
+  auto number = [](const std::string& s) -> std::optional<uint32_t> {
+    uint32_t n = 0;
+    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+    if (ec != std::errc{} || end != s.data() + s.size()) return std::nullopt;
+    return n;
+  };
+  if (!c.owner.empty()) {
+    if (auto n = number(c.owner)) {
+      uid = *n;
+    } else if (const passwd* pw = ::getpwnam(c.owner.c_str())) {
+      uid = pw->pw_uid;
+    } else {
+      return fail("bad-value", str("owner=", c.owner, " is not a user on this host"));
+    }
+  }
+  if (!c.group.empty()) {
+    if (auto n = number(c.group)) {
+      gid = *n;
+    } else if (const group* gr = ::getgrnam(c.group.c_str())) {
+      gid = gr->gr_gid;
+    } else {
+      return fail("bad-value", str("group=", c.group, " is not a group on this host"));
+    }
+  } else if (const group* vpd = ::getgrnam("vpd")) {
+    gid = vpd->gr_gid;  // by default the vpd group may connect, like the control socket
+  }
+  return std::pair{uid, gid};
+}
 
 Result<void> Registry::sync_dataplane(Endpoint& e, const EndpointConfig* before,
                                       const EndpointConfig& c) {
@@ -49,18 +85,24 @@ Result<void> Registry::sync_dataplane(Endpoint& e, const EndpointConfig* before,
     return {};
   }
   auto guest_sees = [](const EndpointConfig& x) {
-    return std::tie(x.transport, x.peer, x.bind, x.peerfeats, x.legacy, x.mtu, x.toggles);
+    return std::tie(x.transport, x.peer, x.bind, x.peerfeats, x.legacy, x.mtu, x.toggles, x.queues,
+                    x.socket_mode, x.owner, x.group);
   };
   if (before && dataplane_.attached(c.name) && guest_sees(*before) == guest_sees(c)) return {};
   // The old attachment lets go of its socket first; the guest reconnects to the new one.
   dataplane_.detach(c.name);
   Fd listener;
   if (!c.bind.empty()) {
-    const group* g = ::getgrnam("vpd");
-    auto fd = g ? listen_unix(c.bind, 0660, g->gr_gid) : listen_unix(c.bind, 0660);
+    auto ids = socket_ids(c);
+    if (!ids) return std::unexpected(ids.error());
+    auto fd = listen_unix(c.bind, c.socket_mode, ids->second);
     if (!fd) {
       return fail(fd.error().code == "address-in-use" ? "duplicate-path" : "bad-value",
                   str(c.name, ": cannot listen on bind=", c.bind, ": ", fd.error().message));
+    }
+    if (ids->first != static_cast<uid_t>(-1) &&
+        ::chown(c.bind.c_str(), ids->first, static_cast<gid_t>(-1)) != 0) {
+      return sys_fail(str(c.name, ": chown ", c.bind), errno);
     }
     listener = std::move(*fd);
   }
@@ -99,6 +141,7 @@ Result<void> Registry::check(const EndpointConfig& c, const Endpoint* self) {
       }
     }
   }
+  if (auto ids = socket_ids(c); !ids) return std::unexpected(ids.error());
   if (!c.bridge.empty()) {
     auto bridge = netlink_.find_link(c.bridge);
     if (!bridge) return std::unexpected(bridge.error());

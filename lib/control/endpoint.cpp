@@ -30,6 +30,12 @@ std::optional<Transport> transport_by_name(std::string_view name) {
   return std::nullopt;
 }
 
+std::string mode_text(uint32_t mode) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "0%03o", mode & 0777);
+  return buf;
+}
+
 std::string peerfeats_text(std::optional<uint64_t> peerfeats) {
   if (!peerfeats) return "default";
   char buf[24];
@@ -56,6 +62,13 @@ Result<void> validate(const EndpointConfig& c) {
   }
   if (c.mtu < kMinMtu || c.mtu > kMaxMtu) {
     return fail("bad-value", str(c.name, ": mtu=", c.mtu, " is outside ", kMinMtu, "-", kMaxMtu));
+  }
+  if (c.queues < 1 || c.queues > kMaxQueuePairs) {
+    return fail("bad-value", str(c.name, ": queues=", c.queues, " is outside 1-", kMaxQueuePairs));
+  }
+  if (c.transport == Transport::kStream && c.queues != 1) {
+    return fail("conflicting-settings",
+                str(c.name, ": a stream endpoint carries one frame stream; queues must be 1"));
   }
   if (c.priority < 0 || c.priority > kMaxPriority) {
     return fail("bad-value",
@@ -84,6 +97,10 @@ json to_json(const EndpointConfig& c) {
       {"addresses", addresses},
       {"toggles", net::toggle_names(c.toggles)},
       {"up", c.up},
+      {"queues", c.queues},
+      {"mode", mode_text(c.socket_mode)},
+      {"owner", c.owner},
+      {"group", c.group},
   };
 }
 
@@ -142,6 +159,19 @@ Result<EndpointConfig> endpoint_from_json(const json& j) {
   if (!bridge->empty()) tokens.push_back("bridge=" + *bridge);
   if (*legacy) tokens.push_back("legacy");
   if (*up) tokens.push_back("up");
+  // Fields added after the first release are optional: older state files lack them.
+  if (auto it = j.find("queues"); it != j.end()) {
+    if (!it->is_number_integer())
+      return fail("bad-request", "endpoint field 'queues' is not a number");
+    tokens.push_back("queues=" + std::to_string(it->get<int64_t>()));
+  }
+  for (const char* key : {"mode", "owner", "group"}) {
+    auto it = j.find(key);
+    if (it == j.end()) continue;
+    if (!it->is_string())
+      return fail("bad-request", str("endpoint field '", key, "' is not a string"));
+    if (!it->get<std::string>().empty()) tokens.push_back(str(key, "=", it->get<std::string>()));
+  }
   if (auto it = j.find("peerfeats"); it != j.end() && !it->is_null()) {
     if (!it->is_string()) return fail("bad-request", "endpoint field 'peerfeats' is not a string");
     tokens.push_back("peerfeats=" + it->get<std::string>());
@@ -184,6 +214,10 @@ std::vector<std::string> to_tokens(const EndpointConfig& c) {
   t.push_back(str("mtu=", c.mtu));
   if (!c.bridge.empty()) t.push_back("bridge=" + c.bridge);
   for (const auto& a : c.addresses) t.push_back("address=" + a.to_string());
+  if (c.queues != 1) t.push_back(str("queues=", c.queues));
+  if (c.socket_mode != kDefaultSocketMode) t.push_back("mode=" + mode_text(c.socket_mode));
+  if (!c.owner.empty()) t.push_back("owner=" + c.owner);
+  if (!c.group.empty()) t.push_back("group=" + c.group);
   const uint32_t off = net::toggle::kAll & ~c.toggles;
   for (const auto& name : split_commas(net::toggle_names(off))) t.push_back("-" + name);
   t.push_back(c.up ? "up" : "down");

@@ -23,6 +23,8 @@ std::optional<Transport> transport_by_name(std::string_view name);
 inline constexpr uint32_t kMinMtu = 68;
 inline constexpr uint32_t kMaxMtu = 65521;  // a TAP's max_mtu (MAX_MTU less headers)
 inline constexpr int kMaxPriority = 99;     // SCHED_FIFO range; 0 = normal scheduling
+inline constexpr uint32_t kMaxQueuePairs = 16;
+inline constexpr uint32_t kDefaultSocketMode = 0660;
 
 /// Everything the operator declared about one endpoint. This is what the state file
 /// saves and what vpd makes the kernel match.
@@ -40,6 +42,12 @@ struct EndpointConfig {
   std::vector<net::IfAddress> addresses;  // sorted, unique
   uint32_t toggles = net::toggle::kAll;
   bool up = false;
+  uint32_t queues = 1;  // queue pairs (vhost-user MQ / TAP IFF_MULTI_QUEUE queues)
+  /// The bind socket's (or, with transport=tap, the TAP's) permissions. owner/group are
+  /// names or numbers; "" = root and group vpd when it exists.
+  uint32_t socket_mode = kDefaultSocketMode;
+  std::string owner;
+  std::string group;
 
   bool operator==(const EndpointConfig&) const = default;
 
@@ -63,6 +71,9 @@ Result<EndpointConfig> endpoint_from_json(const nlohmann::json& j);
 
 /// The endpoint as vpctl tokens, e.g. {"mac=02:..", "bridge=br0", "up"}.
 std::vector<std::string> to_tokens(const EndpointConfig& config);
+
+/// "0660".
+std::string mode_text(uint32_t mode);
 
 /// "0x19c3", or "default" when unset.
 std::string peerfeats_text(std::optional<uint64_t> peerfeats);

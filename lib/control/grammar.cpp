@@ -12,11 +12,11 @@ namespace vp::control {
 namespace {
 
 constexpr std::array<std::string_view, 4> kVerbs{"create", "up", "down", "destroy"};
-constexpr std::array<std::string_view, 11> kKeys{"peer",      "bind",     "mac",       "name",
-                                                 "peerfeats", "priority", "transport", "bridge",
-                                                 "address",   "mtu",      "legacy"};
-constexpr std::array<std::string_view, 5> kClearable{"peer", "bind", "peerfeats", "bridge",
-                                                     "legacy"};
+constexpr std::array<std::string_view, 15> kKeys{
+    "peer",    "bind", "mac",    "name",   "peerfeats", "priority", "transport", "bridge",
+    "address", "mtu",  "legacy", "queues", "mode",      "owner",    "group"};
+constexpr std::array<std::string_view, 7> kClearable{"peer",   "bind",  "peerfeats", "bridge",
+                                                     "legacy", "owner", "group"};
 // Words that vpctl uses as commands; they cannot name an endpoint either.
 constexpr std::array<std::string_view, 6> kCommands{"list",  "version",   "help",
                                                     "stats", "qemu-args", "show"};
@@ -54,6 +54,7 @@ Result<void> check_path(std::string_view key, std::string_view value) {
 
 std::string known_words() {
   return "peer= bind= mac= name= peerfeats= priority= transport= bridge= address= mtu= "
+         "queues= mode= owner= group= "
          "legacy, create up down destroy, and the toggles rxcsum txcsum rxcsum6 txcsum6 "
          "tcp4csum udp4csum tcp6csum udp6csum tso4 tso6 (with - to disable)";
 }
@@ -62,7 +63,8 @@ std::string known_words() {
 
 bool Change::sets_nothing() const {
   return !transport && !peer && !bind && !mac && !peerfeats_given && !legacy && !priority && !mtu &&
-         !bridge && add_addresses.empty() && del_addresses.empty() && !toggles_on && !toggles_off;
+         !queues && !socket_mode && !owner && !group && !bridge && add_addresses.empty() &&
+         del_addresses.empty() && !toggles_on && !toggles_off;
 }
 
 bool is_keyword(std::string_view token) {
@@ -145,6 +147,8 @@ Result<Change> parse_change(std::span<const std::string> tokens) {
         if (key == "bind") c.bind = "";
         if (key == "bridge") c.bridge = "";
         if (key == "legacy") c.legacy = false;
+        if (key == "owner") c.owner = "";
+        if (key == "group") c.group = "";
         if (key == "peerfeats") {
           c.peerfeats_given = true;
           c.peerfeats.reset();
@@ -201,6 +205,24 @@ Result<Change> parse_change(std::span<const std::string> tokens) {
       auto m = parse_number<uint32_t>(key, value, kMinMtu, kMaxMtu);
       if (!m) return std::unexpected(m.error());
       c.mtu = *m;
+    } else if (key == "queues") {
+      auto q = parse_number<uint32_t>(key, value, 1, kMaxQueuePairs);
+      if (!q) return std::unexpected(q.error());
+      c.queues = *q;
+    } else if (key == "mode") {
+      uint32_t mode = 0;
+      auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), mode, 8);
+      if (value.empty() || ec != std::errc{} || end != value.data() + value.size() || mode > 0777) {
+        return fail("bad-value", str("mode=", value,
+                                     " must be octal permission bits such as 0660 (at most 0777)"));
+      }
+      c.socket_mode = mode;
+    } else if (key == "owner" || key == "group") {
+      if (auto ok = need_value(key, value); !ok) return std::unexpected(ok.error());
+      if (value.find_first_of(" \t:/") != std::string_view::npos) {
+        return fail("bad-value", str(key, "=", value, " must be a user or group name or number"));
+      }
+      (key == "owner" ? c.owner : c.group) = std::string(value);
     } else if (key == "transport") {
       auto t = transport_by_name(value);
       if (!t) {
@@ -247,6 +269,10 @@ Result<EndpointConfig> apply_change(EndpointConfig config, const Change& c) {
   if (c.legacy) config.legacy = *c.legacy;
   if (c.priority) config.priority = *c.priority;
   if (c.mtu) config.mtu = *c.mtu;
+  if (c.queues) config.queues = *c.queues;
+  if (c.socket_mode) config.socket_mode = *c.socket_mode;
+  if (c.owner) config.owner = *c.owner;
+  if (c.group) config.group = *c.group;
   if (c.bridge) config.bridge = *c.bridge;
   if (c.up) config.up = *c.up;
   config.toggles = (config.toggles | c.toggles_on) & ~c.toggles_off;

@@ -17,8 +17,9 @@ namespace vp::control {
 /// One request to change an endpoint, parsed from vpctl tokens:
 ///   create | up | down | destroy
 ///   peer=PATH bind=PATH mac=MAC name=PREFIX peerfeats=N priority=N transport=T
-///   bridge=BR address=CIDR (or a bare address) mtu=N legacy
-///   -peer -bind -peerfeats -bridge -address=CIDR -legacy
+///   bridge=BR address=CIDR (or a bare address) mtu=N legacy queues=N
+///   mode=0660 owner=USER group=GROUP (of the bind socket, or of the TAP for transport=tap)
+///   -peer -bind -peerfeats -bridge -address=CIDR -legacy -owner -group
 ///   rxcsum txcsum rxcsum6 txcsum6 tcp4csum udp4csum tcp6csum udp6csum tso4 tso6 (and -x)
 /// The same grammar serves vpctl, the config file, vpd's command line and the control
 /// protocol; this is its only parser.
@@ -36,7 +37,11 @@ struct Change {
   std::optional<bool> legacy;
   std::optional<int> priority;
   std::optional<uint32_t> mtu;
-  std::optional<std::string> bridge;  // "" leaves the bridge
+  std::optional<uint32_t> queues;
+  std::optional<uint32_t> socket_mode;  // mode=
+  std::optional<std::string> owner;     // "" clears
+  std::optional<std::string> group;     // "" clears
+  std::optional<std::string> bridge;    // "" leaves the bridge
   std::vector<net::IfAddress> add_addresses;
   std::vector<net::IfAddress> del_addresses;
   uint32_t toggles_on = 0;

@@ -11,6 +11,8 @@
 #include "integration/vpd_fixture.hpp"
 #include "net/mac.hpp"
 
+#include <sys/stat.h>
+
 namespace vp::test {
 namespace {
 
@@ -705,6 +707,37 @@ TEST_F(Lifecycle, qemu_args_name_the_bind_socket_and_a_stable_guest_mac) {
   vpd().kill9();
   ASSERT_EQ(vpd().start(), "");
   EXPECT_EQ(ok({"vp0", "qemu-args"}).out, first);
+}
+
+}  // namespace
+}  // namespace vp::test
+
+namespace vp::test {
+namespace {
+
+TEST_F(Lifecycle, bind_socket_gets_the_mode_owner_and_group_asked_for) {
+  ASSERT_EQ(vpd().start(), "");
+  ok({"vp0", "create", "mode=0640", "owner=65534", "group=65534"});
+  const std::string sock = vpd().runtime_dir() + "/vp0.sock";
+  struct stat st {};
+  ASSERT_EQ(::stat(sock.c_str(), &st), 0) << "vpd listens on the default bind socket";
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0640u);
+  EXPECT_EQ(st.st_uid, 65534u);
+  EXPECT_EQ(st.st_gid, 65534u);
+  // Changing the mode re-creates the socket with it.
+  ok({"vp0", "mode=0600"});
+  ASSERT_EQ(::stat(sock.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  // A user that does not exist is refused before anything changes.
+  const std::string state = state_text();
+  test::Run r = vpd().ctl({"vp0", "owner=no-such-user-here"});
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.err, "(bad-value)")) << r.err;
+  EXPECT_EQ(state_text(), state);
+  // destroy removes the socket file with the endpoint.
+  ok({"vp0", "destroy"});
+  EXPECT_NE(::stat(sock.c_str(), &st), 0);
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <string>
 #include <vector>
 
@@ -811,6 +813,51 @@ TEST(ApplyChange, config_without_mac_is_refused) {
   EndpointConfig start = base();
   start.mac = {};
   EXPECT_TRUE(fails_with(apply(start, {"up"}), "invalid-mac", {"vp0"}));
+}
+
+TEST(ParseChange, queues_mode_owner_group) {
+  auto c = parse({"queues=4", "mode=0600", "owner=libvirt-qemu", "group=kvm"});
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->queues, 4u);
+  EXPECT_EQ(c->socket_mode, 0600u);
+  EXPECT_EQ(c->owner, "libvirt-qemu");
+  EXPECT_EQ(c->group, "kvm");
+  EXPECT_FALSE(c->sets_nothing());
+  auto cleared = parse({"-owner", "-group"});
+  ASSERT_TRUE(cleared);
+  EXPECT_EQ(cleared->owner, "");
+  EXPECT_EQ(cleared->group, "");
+}
+
+TEST(ParseChange, queues_out_of_range_or_bad_mode_is_refused) {
+  EXPECT_TRUE(fails_with(parse({"queues=0"}), "bad-value", {"queues=0"}));
+  EXPECT_TRUE(fails_with(parse({"queues=17"}), "bad-value", {"queues=17"}));
+  EXPECT_TRUE(fails_with(parse({"mode=0888"}), "bad-value", {"octal"}));
+  EXPECT_TRUE(fails_with(parse({"mode=01777"}), "bad-value", {"0777"}));
+  EXPECT_TRUE(fails_with(parse({"owner=a:b"}), "bad-value", {"owner=a:b"}));
+  EXPECT_TRUE(fails_with(parse({"group="}), "bad-value", {"-group"}));
+}
+
+TEST(ApplyChange, stream_endpoint_takes_one_queue_pair) {
+  EndpointConfig c;
+  c.name = "vp0";
+  c.mac = net::stable_mac("m", "vp0");
+  auto change = parse({"transport=stream", "queues=2"});
+  ASSERT_TRUE(change);
+  EXPECT_TRUE(fails_with(apply_change(c, *change), "conflicting-settings", {"queues must be 1"}));
+}
+
+TEST(EndpointJson, queues_and_socket_permissions_round_trip) {
+  EndpointConfig c;
+  c.name = "vp3";
+  c.mac = net::stable_mac("m", "vp3");
+  c.queues = 2;
+  c.socket_mode = 0600;
+  c.owner = "1000";
+  c.group = "kvm";
+  auto back = endpoint_from_json(to_json(c));
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(*back, c);
 }
 
 }  // namespace
