@@ -42,6 +42,7 @@ constexpr const char* kHelp =
     "  vpctl NAME SETTING...           change it; also up, down\n"
     "  vpctl NAME destroy              remove it and its TAP device\n"
     "  vpctl NAME qemu-args            VMM options that attach a guest to it\n"
+    "  vpctl NAME stats                its data path's counters (drops by reason, kicks...)\n"
     "\n"
     "Settings: peer=PATH bind=PATH mac=MAC peerfeats=MASK legacy priority=N\n"
     "  transport=vhost-user|stream|tap bridge=BR address=CIDR mtu=N, -peer -bind -peerfeats\n"
@@ -150,6 +151,7 @@ int main(int argc, char** argv) {
 
   control::Request request;
   bool vmm_args = false;
+  bool stats = false;
   const std::string& first = words.front();
   if (first == "list" || first == "version") {
     if (words.size() > 1) return usage_error(str("'", first, "' takes no arguments"));
@@ -175,6 +177,9 @@ int main(int argc, char** argv) {
     } else if (rest.size() == 1 && rest.front() == "qemu-args") {
       request.op = control::op::kShow;
       vmm_args = true;
+    } else if (rest.size() == 1 && rest.front() == "stats") {
+      request.op = control::op::kShow;
+      stats = true;
     } else if (rest.front() == "create") {
       request.op = control::op::kCreate;
       request.args.assign(rest.begin() + 1, rest.end());
@@ -211,6 +216,8 @@ int main(int argc, char** argv) {
                 r.result.value("endpoints", 0));
   } else if (request.op == control::op::kList) {
     std::fputs(vp::ctl::format_list(r.result).c_str(), stdout);
+  } else if (stats) {
+    std::fputs(vp::ctl::format_stats(r.result).c_str(), stdout);
   } else if (vmm_args) {
     std::fputs(vp::ctl::format_vmm_args(r.result).c_str(), stdout);
   } else if (request.op == control::op::kDestroy || r.result.contains("destroyed")) {

@@ -61,6 +61,16 @@ std::string toggles_line(const json& e) {
   return off.empty() ? "all on" : "off:" + off;
 }
 
+// "key:   value" lines, values aligned.
+std::string key_value_lines(const std::vector<std::pair<std::string, std::string>>& lines) {
+  size_t width = 0;
+  for (const auto& [k, v] : lines) width = std::max(width, k.size());
+  std::string out;
+  for (const auto& [k, v] : lines)
+    out += k + ":" + std::string(width - k.size() + 1, ' ') + v + "\n";
+  return out;
+}
+
 }  // namespace
 
 std::string format_list(const json& endpoints) {
@@ -121,17 +131,34 @@ std::string format_show(const json& e) {
       {"priority", text(e, "priority")},
       {"guest", text(s, "guest")},
   };
+  if (auto session = s.find("session"); session != s.end() && session->is_object()) {
+    const json& ses = *session;
+    lines.emplace_back("negotiated", text(ses, "features"));
+    lines.emplace_back("ring", text(ses, "ring"));
+    lines.emplace_back("queues running",
+                       text(ses, "queues_running") + " of " + text(ses, "queues"));
+    lines.emplace_back("refused messages", text(ses, "refused_messages"));
+    for (const auto& q : ses.value("broken_queues", json::array())) {
+      lines.emplace_back("broken queue", q.get<std::string>());
+    }
+  }
   const std::string declared = text(s, "declared", "");
   lines.emplace_back("declared", declared.empty() ? "at run time (vpctl)" : declared);
   if (auto p = s.find("problems"); p != s.end() && p->is_array()) {
     for (const auto& problem : *p) lines.emplace_back("problem", problem.get<std::string>());
   }
-  size_t width = 0;
-  for (const auto& [k, v] : lines) width = std::max(width, k.size());
-  std::string out;
-  for (const auto& [k, v] : lines)
-    out += k + ":" + std::string(width - k.size() + 1, ' ') + v + "\n";
-  return out;
+  return key_value_lines(lines);
+}
+
+std::string format_stats(const json& e) {
+  const json& s = status_of(e);
+  std::vector<std::pair<std::string, std::string>> lines{{"guest", text(s, "guest")}};
+  if (auto c = s.find("counters"); c != s.end() && c->is_object()) {
+    for (const auto& [key, value] : c->items()) lines.emplace_back(key, value.dump());
+  } else {
+    lines.emplace_back("counters", "none (the endpoint has no data path)");
+  }
+  return key_value_lines(lines);
 }
 
 std::string format_vmm_args(const json& e) {

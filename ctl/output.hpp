@@ -10,6 +10,8 @@ namespace vp::ctl {
 std::string format_list(const nlohmann::json& endpoints);
 /// `vpctl vp0`: one "key: value" line per setting and status item.
 std::string format_show(const nlohmann::json& endpoint);
+/// `vpctl vp0 stats`: the data path's counters, one per line.
+std::string format_stats(const nlohmann::json& endpoint);
 /// `vpctl vp0 qemu-args`: the VMM options that attach a guest to the endpoint, for QEMU
 /// and for cloud-hypervisor.
 std::string format_vmm_args(const nlohmann::json& endpoint);

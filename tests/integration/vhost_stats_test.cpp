@@ -1,0 +1,68 @@
+// What vpctl shows of a live vhost-user session: `vpctl vp0` and `vpctl vp0 stats`.
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "support/harness.hpp"
+#include "support/vhost_frontend.hpp"
+#include "virtio/queue.hpp"
+
+namespace vp::test {
+namespace {
+
+// The value after "key:" on its line of vpctl's key: value output.
+std::string value_of(const std::string& text, const std::string& key) {
+  size_t at = text.rfind(key + ":", 0) == 0 ? 0 : text.find("\n" + key + ":");
+  if (at == std::string::npos) return "<no " + key + ">";
+  if (at) ++at;
+  std::string line = text.substr(at + key.size() + 1, text.find('\n', at) - at - key.size() - 1);
+  return line.substr(line.find_first_not_of(' '));
+}
+
+TEST(VhostSessionView, show_and_stats_report_the_live_session) {
+  ASSERT_EQ(enter_private_netns(), "");
+  TempDir dir;
+  Vpd vpd(dir.path());
+  ASSERT_EQ(vpd.start(), "");
+  ASSERT_EQ(vpd.ctl({"vp0", "create", "address=10.96.0.1/24", "up"}).status, 0);
+  EXPECT_EQ(value_of(vpd.ctl({"vp0", "stats"}).out, "guest"),
+            "listening on " + vpd.runtime_dir() + "/vp0.sock");
+
+  auto fe = VhostFrontend::connect(vpd.runtime_dir() + "/vp0.sock", VhostFrontend::Options{});
+  ASSERT_TRUE(fe) << fe.error().message;
+  ASSERT_TRUE((*fe)->negotiate(~virtio::kFeatureRingPacked, ~0ull));
+  ASSERT_TRUE((*fe)->set_mem_table());
+  ASSERT_TRUE((*fe)->setup_queue(0, 64));
+  ASSERT_TRUE((*fe)->setup_queue(1, 64));
+  // One frame from the guest: 12 header bytes and a broadcast Ethernet frame.
+  std::vector<std::byte> frame(12 + 60, std::byte{0});
+  std::memset(frame.data() + 12, 0xff, 6);
+  frame[12 + 6] = std::byte{0x52};
+  frame[12 + 12] = std::byte{0x88};  // a local experimental EtherType: the kernel ignores it
+  frame[12 + 13] = std::byte{0xb5};
+  ASSERT_TRUE((*fe)->post_tx(1, frame));
+  ASSERT_TRUE((*fe)->kick(1));
+  for (int i = 0; i < 500 && !(*fe)->next_used(1); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+
+  const std::string show = vpd.ctl({"vp0"}).out;
+  EXPECT_EQ(value_of(show, "guest"), "connected") << show;
+  EXPECT_NE(value_of(show, "negotiated").find("VERSION_1"), std::string::npos) << show;
+  EXPECT_EQ(value_of(show, "ring"), "split") << show;
+  EXPECT_EQ(value_of(show, "queues running"), "2 of 2") << show;
+  EXPECT_EQ(value_of(show, "link"), "up, carrier on") << show;
+
+  const std::string stats = vpd.ctl({"vp0", "stats"}).out;
+  EXPECT_EQ(value_of(stats, "tx_packets"), "1") << stats;
+  EXPECT_EQ(value_of(stats, "tx_bytes"), "60") << stats;
+  EXPECT_EQ(value_of(stats, "tx_dropped_malformed_chain"), "0") << stats;
+  const auto j = vpd.ctl_json({"vp0", "stats"});
+  EXPECT_EQ(j["status"]["counters"].value("tx_packets", 0), 1u) << j.dump(2);
+}
+
+}  // namespace
+}  // namespace vp::test
