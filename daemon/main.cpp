@@ -175,6 +175,13 @@ int run(const Options& o) {
     log::error("control socket: ", listener.error().message);
     return 1;
   }
+  // A socket vpd made itself goes when vpd goes; systemd's stays with systemd.
+  struct Unlink {
+    std::string path;
+    ~Unlink() {
+      if (!path.empty()) ::unlink(path.c_str());
+    }
+  } unlink_socket{activated ? std::string() : socket_path};
   ControlServer server(
       std::move(*listener), epoll.get(),
       [&](const control::Request& request, const PeerCredentials& peer) {
