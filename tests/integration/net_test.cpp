@@ -5,9 +5,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <linux/ethtool.h>
 #include <linux/if_tun.h>
-#include <linux/sockios.h>
 #include <net/if.h>
 #include <sched.h>
 #include <sys/ioctl.h>
@@ -28,10 +26,13 @@
 #include "net/mac.hpp"
 #include "net/offloads.hpp"
 #include "net/tap.hpp"
+#include "support/ethtool.hpp"
 #include "sys/fd.hpp"
 
 namespace vp::net {
 namespace {
+
+using vp::test::feature_active;
 
 /// Standard output of a shell command (stderr goes to the test log).
 std::string output_of(const std::string& command) {
@@ -97,48 +98,6 @@ int vnet_hdr_size(const Tap& tap) {
   int size = -1;
   if (::ioctl(tap.fd(), TUNGETVNETHDRSZ, &size) < 0) return -1;
   return size;
-}
-
-/// Whether the netdev feature `feature` ("tx-tcp-segmentation") of `ifname` is active,
-/// read with ETHTOOL_GFEATURES as `ethtool -k` does; nullopt when it cannot be read.
-std::optional<bool> feature_active(const std::string& ifname, std::string_view feature) {
-  Fd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-  if (!sock) return std::nullopt;
-  auto ethtool = [&](void* data) {
-    ifreq ifr{};
-    std::strncpy(ifr.ifr_name, ifname.c_str(), IFNAMSIZ - 1);
-    ifr.ifr_data = static_cast<char*>(data);
-    return ::ioctl(sock.get(), SIOCETHTOOL, &ifr) == 0;
-  };
-  // The kernel writes the variable-length tails; 8-byte words keep them aligned.
-  std::vector<uint64_t> sset((sizeof(ethtool_sset_info) + sizeof(uint32_t)) / 8 + 1);
-  auto* info = reinterpret_cast<ethtool_sset_info*>(sset.data());
-  info->cmd = ETHTOOL_GSSET_INFO;
-  info->sset_mask = 1ULL << ETH_SS_FEATURES;
-  if (!ethtool(info) || info->sset_mask == 0) return std::nullopt;
-  const uint32_t count = info->data[0];
-
-  std::vector<uint64_t> strings((sizeof(ethtool_gstrings) + count * ETH_GSTRING_LEN) / 8 + 1);
-  auto* names = reinterpret_cast<ethtool_gstrings*>(strings.data());
-  names->cmd = ETHTOOL_GSTRINGS;
-  names->string_set = ETH_SS_FEATURES;
-  names->len = count;
-  if (!ethtool(names)) return std::nullopt;
-  uint32_t bit = count;
-  for (uint32_t i = 0; i < count; ++i) {
-    const char* name = reinterpret_cast<const char*>(names->data) + i * ETH_GSTRING_LEN;
-    if (feature == std::string_view(name, ::strnlen(name, ETH_GSTRING_LEN))) bit = i;
-  }
-  if (bit == count) return std::nullopt;
-
-  const uint32_t blocks = (count + 31) / 32;
-  std::vector<uint64_t> features(
-      (sizeof(ethtool_gfeatures) + blocks * sizeof(ethtool_get_features_block)) / 8 + 1);
-  auto* get = reinterpret_cast<ethtool_gfeatures*>(features.data());
-  get->cmd = ETHTOOL_GFEATURES;
-  get->size = blocks;
-  if (!ethtool(get)) return std::nullopt;
-  return (get->features[bit / 32].active & (1u << (bit % 32))) != 0;
 }
 
 class NetTest : public ::testing::Test {
