@@ -1,6 +1,8 @@
 #include "ctl/output.hpp"
 
 #include <algorithm>
+#include <cstdint>
+#include <string>
 #include <vector>
 
 namespace vp::ctl {
@@ -167,6 +169,16 @@ std::string format_vmm_args(const json& e) {
   const std::string bind = text(e, "bind", "");
   const std::string peer = text(e, "peer", "");
   const std::string guest_mac = text(status_of(e), "guest_mac");
+  // Queue pairs: QEMU's netdev takes queues=N; its virtio-net-pci needs mq=on and an MSI-X
+  // vector per virtqueue plus one for config changes and one for the control queue.
+  int64_t queues = 1;
+  if (auto it = e.find("queues"); it != e.end() && it->is_number_integer()) {
+    queues = it->get<int64_t>();
+  }
+  const bool mq = queues > 1;
+  const std::string netdev_queues = mq ? ",queues=" + std::to_string(queues) : "";
+  const std::string device_mq =
+      mq ? ",mq=on,vectors=" + std::to_string(2 * queues + 2) : std::string();
   std::string out;
   if (transport == "vhost-user") {
     // vpd listens on bind= (QEMU connects and reconnects); with only peer=, QEMU serves.
@@ -175,13 +187,16 @@ std::string format_vmm_args(const json& e) {
     out += "QEMU (guest memory must be shared with vpd; size it like -m):\n";
     out += "  -object memory-backend-memfd,id=mem0,size=1G,share=on -numa node,memdev=mem0\n";
     out += "  -chardev socket,id=" + name + "," + chardev + "\n";
-    out += "  -netdev vhost-user,id=" + name + ",chardev=" + name + "\n";
-    out += "  -device virtio-net-pci,netdev=" + name + ",mac=" + guest_mac + "\n";
-    out += "  (QEMU 7.2 under TCG only: add vectors=0 to -device, or it crashes at start)\n";
+    out += "  -netdev vhost-user,id=" + name + ",chardev=" + name + netdev_queues + "\n";
+    out += "  -device virtio-net-pci,netdev=" + name + ",mac=" + guest_mac + device_mq + "\n";
+    out += mq ? "  (QEMU 7.2 under TCG only: use vectors=0 instead, or it crashes at start)\n"
+              : "  (QEMU 7.2 under TCG only: add vectors=0 to -device, or it crashes at start)\n";
     out += "\ncloud-hypervisor:\n";
     out += "  --memory size=1G,shared=on\n";
+    // cloud-hypervisor counts virtqueues, not pairs.
     out += "  --net vhost_user=true,socket=" + (!bind.empty() ? bind : peer) +
-           ",vhost_mode=" + (!bind.empty() ? "client" : "server") + ",mac=" + guest_mac + "\n";
+           ",vhost_mode=" + (!bind.empty() ? "client" : "server") + ",mac=" + guest_mac +
+           (mq ? ",num_queues=" + std::to_string(2 * queues) : std::string()) + "\n";
   } else if (transport == "stream") {
     const std::string addr = !bind.empty() ? bind : peer;
     out += "QEMU:\n";
@@ -190,8 +205,9 @@ std::string format_vmm_args(const json& e) {
     out += "  -device virtio-net-pci,netdev=" + name + ",mac=" + guest_mac + "\n";
   } else {
     out += "QEMU (in the network namespace that holds " + name + "):\n";
-    out += "  -netdev tap,id=" + name + ",ifname=" + name + ",script=no,downscript=no\n";
-    out += "  -device virtio-net-pci,netdev=" + name + ",mac=" + guest_mac + "\n";
+    out += "  -netdev tap,id=" + name + ",ifname=" + name + ",script=no,downscript=no" +
+           netdev_queues + "\n";
+    out += "  -device virtio-net-pci,netdev=" + name + ",mac=" + guest_mac + device_mq + "\n";
     out += "  (add vhost=on to -netdev where the host has /dev/vhost-net)\n";
   }
   return out;

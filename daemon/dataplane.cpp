@@ -1,8 +1,11 @@
 #include "daemon/dataplane.hpp"
 
 #include <fcntl.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
@@ -31,7 +34,8 @@ namespace vp::daemon {
 
 namespace {
 
-// Named event ids (STYLE.md item 8): one epoll tag = port id, kind and queue index.
+// Named event ids (STYLE.md item 8): one epoll tag = port id, kind and queue index (kKick:
+// the virtqueue; kTap: the queue pair, which is also the TAP queue).
 enum class EventKind : uint8_t { kWake = 1, kListener, kConnection, kTap, kKick, kRedial };
 
 constexpr uint64_t tag(uint32_t port, EventKind kind, uint16_t queue = 0) {
@@ -42,12 +46,25 @@ constexpr uint64_t tag(uint32_t port, EventKind kind, uint16_t queue = 0) {
 constexpr uint64_t kNetFMtu = 1ull << 3;
 constexpr uint64_t kNetFMac = 1ull << 5;
 constexpr uint64_t kNetFStatus = 1ull << 16;
+constexpr uint64_t kNetFMq = 1ull << 22;
 constexpr uint64_t kFAnyLayout = 1ull << 27;
 constexpr uint64_t kGsoFeatures = net::feature::kGuestTso4 | net::feature::kGuestTso6 |
                                   net::feature::kGuestUfo | net::feature::kGuestUso4 |
                                   net::feature::kGuestUso6;
 // Rounds of a busy queue served per wake-up before other endpoints get their turn.
 constexpr int kRoundsPerWake = 16;
+
+/// TUNSETQUEUE: a detached queue of a multiqueue TAP takes no part in the kernel's choice
+/// of queue for frames towards the guest; its reads, writes and polls fail (EBADFD, EPOLLERR).
+Result<void> set_tap_queue_attached(const net::Tap& tap, bool attached) {
+  ifreq ifr{};
+  ifr.ifr_flags = static_cast<short>(attached ? IFF_ATTACH_QUEUE : IFF_DETACH_QUEUE);
+  if (::ioctl(tap.fd(), TUNSETQUEUE, &ifr) < 0) {
+    return sys_fail(attached ? "TUNSETQUEUE IFF_ATTACH_QUEUE" : "TUNSETQUEUE IFF_DETACH_QUEUE",
+                    errno);
+  }
+  return {};
+}
 
 struct Shared {
   mutable std::mutex mutex;
@@ -101,16 +118,28 @@ class Worker {
 };
 
 /// One endpoint on its worker: the vhost-user device policy and the forwarding loop.
+///
+/// Queue pair p is receiveq p (virtqueue 2p), transmitq p (2p+1) and TAP queue p; each pair
+/// forwards only between its own rings and its own TAP queue, and all of them run on this
+/// worker. TAP queue 0 is the registry's (a dup) and always stays attached: the TAP's
+/// device-wide settings (offloads, header size, carrier) go through it. Queues 1..N-1 are
+/// attached to the TAP only while a ring of their pair runs, so that the kernel never steers
+/// a flow to a queue nobody reads: a pair the guest did not enable supplies no RX and loses
+/// nothing.
 class Port final : public vhost::Device {
  public:
-  Port(Worker& worker, uint32_t id, control::EndpointConfig config, net::Tap tap, Fd listener,
-       std::shared_ptr<Shared> shared)
+  Port(Worker& worker, uint32_t id, control::EndpointConfig config, std::vector<net::Tap> taps,
+       Fd listener, std::shared_ptr<Shared> shared)
       : worker_(worker),
         id_(id),
         config_(std::move(config)),
-        tap_(std::move(tap)),
         listener_(std::move(listener)),
         shared_(std::move(shared)) {
+    pairs_.resize(taps.size());  // sized once: the worker's tags index it
+    for (size_t p = 0; p < taps.size(); ++p) pairs_[p].tap = std::move(taps[p]);
+    // No ring runs yet: queues 1..N-1 leave the kernel's queue selection until one does.
+    for (uint32_t p = 1; p < pairs(); ++p) pairs_[p].detach_due = true;
+    detach_idle_tap_queues();
     build_config_space();
     if (listener_) add_fd(listener_.get(), tag(id_, EventKind::kListener), EPOLLIN);
     if (!config_.peer.empty()) {
@@ -139,7 +168,7 @@ class Port final : public vhost::Device {
         on_connection(events);
         break;
       case EventKind::kTap:
-        on_tap(events);
+        on_tap(queue, events);
         break;
       case EventKind::kKick:
         on_kick(queue);
@@ -158,8 +187,11 @@ class Port final : public vhost::Device {
 
   /// Carries on with work a previous round left for later (budget used up).
   void continue_work() {
-    if (tx_pending_) run_tx();
-    if (rx_pending_) run_rx();
+    pending_marked_ = false;
+    for (uint32_t p = 0; p < pairs(); ++p) {
+      if (pairs_[p].tx_pending) run_tx(p);
+      if (pairs_[p].rx_pending) run_rx(p);
+    }
     publish();
   }
 
@@ -169,52 +201,79 @@ class Port final : public vhost::Device {
                  virtio::kFeatureRingPacked | kNetFMtu | kNetFMac | kNetFStatus | kFAnyLayout;
     // `legacy`: a VIRTIO 0.9.5 peer without MRG_RXBUF, so the 10-byte header.
     if (!config_.legacy) f |= virtio::kFeatureVersion1 | dataplane::kFeatureMrgRxbuf;
+    // SPEC: virtio 1.2 §5.1.3: MQ says max_virtqueue_pairs is valid. The driver also needs
+    // CTRL_VQ to use it; the VMM serves the control queue and tells vpd which pairs it
+    // enabled (SET_VRING_ENABLE).
+    if (pairs() > 1) f |= kNetFMq;
     return f;
   }
   uint64_t protocol_features() const override {
     using vhost::ProtocolFeature;
-    return vhost::bit(ProtocolFeature::kMq) | vhost::bit(ProtocolFeature::kRarp) |
-           vhost::bit(ProtocolFeature::kReplyAck) | vhost::bit(ProtocolFeature::kNetMtu) |
-           vhost::bit(ProtocolFeature::kConfigureMemSlots) | vhost::bit(ProtocolFeature::kStatus);
+    uint64_t f = vhost::bit(ProtocolFeature::kMq) | vhost::bit(ProtocolFeature::kRarp) |
+                 vhost::bit(ProtocolFeature::kReplyAck) | vhost::bit(ProtocolFeature::kNetMtu) |
+                 vhost::bit(ProtocolFeature::kStatus);
+    // QEMU before 8.0 sends ADD_MEM_REG/REM_MEM_REG once per queue pair (its vhost_dev per
+    // pair; later versions send them once, like SET_MEM_TABLE). The engine refuses the second
+    // copy of a region as an overlap, and QEMU then gives up vhost for the NIC. With several
+    // pairs vpd therefore offers only SET_MEM_TABLE, which every QEMU sends once.
+    if (pairs() == 1) f |= vhost::bit(ProtocolFeature::kConfigureMemSlots);
+    return f;
   }
-  uint32_t num_queues() const override { return 2; }
+  uint32_t num_queues() const override { return 2 * pairs(); }
 
   Result<void> on_features(uint64_t acked) override {
     dataplane::NetSession s = dataplane::make_net_session(acked);
     if (!(acked & kGsoFeatures)) s.max_rx_frame = config_.mtu + 18;  // Ethernet + VLAN tag
-    if (auto ok = tap_.set_vnet_hdr_size(static_cast<int>(s.hdr_len)); !ok) return ok;
+    // Header size and offloads belong to the TAP device, not to one queue: set them once,
+    // through queue 0 (always attached).
+    net::Tap& tap = pairs_[0].tap;
+    if (auto ok = tap.set_vnet_hdr_size(static_cast<int>(s.hdr_len)); !ok) return ok;
     // The TAP may hand vpd only what the guest acked: consistent by construction.
-    auto offloads = tap_.set_offload(net::tun_offloads_for(acked));
+    auto offloads = tap.set_offload(net::tun_offloads_for(acked));
     if (!offloads) return std::unexpected(offloads.error());
     session_ = s;
     tun_offloads_ = *offloads;
     acked_ = acked;
     state_dirty_ = true;
     log::info(name(), ": guest acked ", net::feature_names(acked & net::kOffloadsSupported), ", ",
-              s.hdr_len, "-byte header, TAP offloads ", net::tun_offload_names(*offloads));
+              s.hdr_len, "-byte header, TAP offloads ", net::tun_offload_names(*offloads),
+              pairs() > 1 ? str(", up to ", pairs(), " queue pairs") : std::string());
     return {};
   }
 
   std::span<const std::byte> config() const override { return config_space_; }
 
   void on_queue_started(uint32_t index) override {
+    if (index >= num_queues()) return;
     vhost::Vring& v = backend_->vring(index);
     add_fd(v.kick.get(), tag(id_, EventKind::kKick, static_cast<uint16_t>(index)), EPOLLIN);
-    running_[index] = true;
+    const uint32_t p = index / 2;
+    Pair& pair = pairs_[p];
+    (is_rx(index) ? pair.rx_running : pair.tx_running) = true;
     state_dirty_ = true;
-    update_tap();
-    if (index == kTxQueue) run_tx();
-    if (index == kRxQueue) run_rx();
+    update_tap(p);
+    if (is_rx(index)) {
+      run_rx(p);
+    } else {
+      run_tx(p);
+    }
   }
 
   void on_queue_stopped(uint32_t index) override {
-    if (!running_[index]) return;
+    if (index >= num_queues()) return;
+    const uint32_t p = index / 2;
+    Pair& pair = pairs_[p];
+    bool& running = is_rx(index) ? pair.rx_running : pair.tx_running;
+    if (!running) return;
     del_fd(backend_->vring(index).kick.get());
-    running_[index] = false;
-    if (index == kTxQueue) tx_pending_ = tx_blocked_ = false;
-    if (index == kRxQueue) rx_pending_ = rx_paused_ = false;
+    running = false;
+    if (is_rx(index)) {
+      pair.rx_pending = pair.rx_paused = false;
+    } else {
+      pair.tx_pending = pair.tx_blocked = false;
+    }
     state_dirty_ = true;
-    update_tap();
+    update_tap(p);
   }
 
   Result<void> on_mtu(uint32_t mtu) override {
@@ -238,20 +297,21 @@ class Port final : public vhost::Device {
     v.socket = !config_.bind.empty() ? config_.bind : config_.peer;
     v.features = backend_ ? acked_ : 0;
     v.packed = backend_ && (acked_ & virtio::kFeatureRingPacked);
-    v.queues = 2;
-    v.queues_running = running_[0] + running_[1];
+    v.queues = num_queues();
+    v.queues_running = 0;
+    for (const Pair& pair : pairs_) v.queues_running += pair.rx_running + pair.tx_running;
     v.hdr_len = backend_ && acked_ ? session_.hdr_len : 0;
     v.tun_offloads = tun_offloads_;
     v.sessions = sessions_;
     if (backend_) v.refused_messages = backend_->counters().requests_refused;
     v.broken_queues.clear();
     if (backend_) {
-      for (uint32_t q = 0; q < 2; ++q) {
+      for (uint32_t q = 0; q < num_queues(); ++q) {
         const auto reason = std::visit([](const auto& queue) { return queue.broken_reason(); },
                                        backend_->vring(q).queue);
         if (reason != virtio::BrokenReason::kNone) {
           v.broken_queues.push_back(
-              str(q == kRxQueue ? "rx0" : "tx0", ": ", virtio::describe(reason)));
+              str(is_rx(q) ? "rx" : "tx", q / 2, ": ", virtio::describe(reason)));
         }
       }
     }
@@ -259,8 +319,23 @@ class Port final : public vhost::Device {
   }
 
  private:
-  static constexpr uint32_t kRxQueue = 0;  // receiveq1: device → driver
-  static constexpr uint32_t kTxQueue = 1;  // transmitq1: driver → device
+  /// One queue pair and its TAP queue. Worker thread only.
+  struct Pair {
+    net::Tap tap;
+    bool rx_running = false;  // receiveq p (device → driver) is started
+    bool tx_running = false;  // transmitq p (driver → device) is started
+    bool attached = true;     // the TAP queue takes part in the kernel's queue selection
+    bool detach_due = false;  // no ring runs: detach once the current batch of messages is done
+    bool tx_blocked = false;  // the TAP queue said EAGAIN: waiting for EPOLLOUT
+    bool rx_paused = false;   // the guest had no RX buffer: waiting for its kick
+    bool tx_pending = false;  // budget used up: continue_work() carries on
+    bool rx_pending = false;
+    uint32_t tap_events = 0;  // epoll interest registered for the TAP queue
+  };
+
+  // SPEC: virtio 1.2 §5.1.2: receiveqN is virtqueue 2(N-1), transmitqN is 2(N-1)+1.
+  static constexpr bool is_rx(uint32_t index) { return index % 2 == 0; }
+  uint32_t pairs() const { return static_cast<uint32_t>(pairs_.size()); }
 
   void add_fd(int fd, uint64_t t, uint32_t events) {
     epoll_event ev{};
@@ -282,7 +357,8 @@ class Port final : public vhost::Device {
     const net::Mac mac = config_guest_mac_;
     for (size_t i = 0; i < 6; ++i) config_space_[i] = std::byte{mac.bytes[i]};
     config_space_[6] = std::byte{1};  // VIRTIO_NET_S_LINK_UP
-    config_space_[8] = std::byte{1};  // one queue pair
+    config_space_[8] = std::byte{static_cast<uint8_t>(pairs() & 0xff)};
+    config_space_[9] = std::byte{static_cast<uint8_t>(pairs() >> 8)};
     config_space_[10] = std::byte{static_cast<uint8_t>(config_.mtu & 0xff)};
     config_space_[11] = std::byte{static_cast<uint8_t>(config_.mtu >> 8)};
   }
@@ -336,13 +412,16 @@ class Port final : public vhost::Device {
     // session: unique_ptr::reset() clears the pointer before the destructor runs.
     backend_->close();
     backend_.reset();
+    detach_idle_tap_queues();
     acked_ = 0;
     // Back to what the endpoint's settings say while no guest is attached.
-    (void)tap_.set_vnet_hdr_size(config_.vnet_hdr_len());
-    if (auto applied = tap_.set_offload(net::tun_offloads_for(config_.features()))) {
+    net::Tap& tap = pairs_[0].tap;
+    (void)tap.set_vnet_hdr_size(config_.vnet_hdr_len());
+    if (auto applied = tap.set_offload(net::tun_offloads_for(config_.features()))) {
       tun_offloads_ = *applied;
     }
-    (void)tap_.set_carrier(false);
+    (void)tap.set_carrier(false);
+    carrier_ = false;
     log::notice(name(), ": frontend session ended (", why, ")");
     state_dirty_ = true;
     if (redial_) dial();
@@ -362,124 +441,169 @@ class Port final : public vhost::Device {
       end_session("the frontend closed the connection");
       return;
     }
+    // After the whole batch: a ring that a message stopped and a later one restarted (a
+    // memory table change, SET_VRING_ADDR) keeps its TAP queue.
+    detach_idle_tap_queues();
     mod_fd(backend_->fd(), tag(id_, EventKind::kConnection),
            EPOLLIN | (backend_->wants_write() ? static_cast<uint32_t>(EPOLLOUT) : 0u));
     state_dirty_ = true;
   }
 
-  /// TAP interest: readable while RX runs and has buffers, writable while TX waits for room.
-  void update_tap() {
-    const bool pair_running = running_[kRxQueue] && running_[kTxQueue];
-    if (pair_running != carrier_) {
-      (void)tap_.set_carrier(pair_running);
-      carrier_ = pair_running;
+  /// Pair p's TAP queue: attached while a ring of the pair runs (queue 0 always), readable
+  /// while RX runs and has buffers, writable while TX waits for room. Carrier follows pair 0.
+  void update_tap(uint32_t p) {
+    Pair& pair = pairs_[p];
+    if (p == 0) {
+      const bool pair_running = pair.rx_running && pair.tx_running;
+      if (pair_running != carrier_) {
+        (void)pair.tap.set_carrier(pair_running);
+        carrier_ = pair_running;
+      }
+    }
+    const bool in_use = p == 0 || pair.rx_running || pair.tx_running;
+    pair.detach_due = !in_use && pair.attached;
+    if (in_use && !pair.attached) {
+      // Attaching is cheap; detaching waits for the kernel (synchronize_net), so it is left
+      // to detach_idle_tap_queues().
+      if (auto ok = set_tap_queue_attached(pair.tap, true); !ok) {
+        log::error(name(), ": queue pair ", p, " cannot use its TAP queue: ", ok.error().message);
+      } else {
+        pair.attached = true;
+      }
     }
     uint32_t events = 0;
-    if (running_[kRxQueue] && !rx_paused_) events |= EPOLLIN;
-    if (running_[kTxQueue] && tx_blocked_) events |= EPOLLOUT;
-    if (events == tap_events_) return;
-    if (tap_events_ == 0) {
-      add_fd(tap_.fd(), tag(id_, EventKind::kTap), events);
+    // A detached queue polls as EPOLLERR: never watch one.
+    if (pair.attached && pair.rx_running && !pair.rx_paused) events |= EPOLLIN;
+    if (pair.attached && pair.tx_running && pair.tx_blocked) events |= EPOLLOUT;
+    if (events == pair.tap_events) return;
+    const uint64_t t = tag(id_, EventKind::kTap, static_cast<uint16_t>(p));
+    if (pair.tap_events == 0) {
+      add_fd(pair.tap.fd(), t, events);
     } else if (events == 0) {
-      del_fd(tap_.fd());
+      del_fd(pair.tap.fd());
     } else {
-      mod_fd(tap_.fd(), tag(id_, EventKind::kTap), events);
+      mod_fd(pair.tap.fd(), t, events);
     }
-    tap_events_ = events;
+    pair.tap_events = events;
+  }
+
+  /// Detaches the TAP queues of pairs where no ring runs any more (not queue 0). Frames the
+  /// kernel had queued there are dropped by the kernel.
+  void detach_idle_tap_queues() {
+    for (uint32_t p = 1; p < pairs(); ++p) {
+      Pair& pair = pairs_[p];
+      if (!pair.detach_due) continue;
+      pair.detach_due = false;
+      if (!pair.attached || pair.rx_running || pair.tx_running) continue;
+      if (auto ok = set_tap_queue_attached(pair.tap, false); !ok) {
+        log::warning(name(), ": TAP queue ", p, " stays attached: ", ok.error().message);
+        continue;
+      }
+      pair.attached = false;
+    }
   }
 
   void on_kick(uint16_t queue) {
-    if (queue >= 2 || !running_[queue]) return;
+    if (queue >= num_queues()) return;
+    const uint32_t p = queue / 2u;
+    Pair& pair = pairs_[p];
+    if (!(is_rx(queue) ? pair.rx_running : pair.tx_running)) return;
     dataplane::consume_kick(backend_->vring(queue).kick.get(), local_);
-    if (queue == kTxQueue) run_tx();
-    if (queue == kRxQueue) {
-      if (rx_paused_) {
-        rx_paused_ = false;
-        update_tap();
-      }
-      run_rx();
+    if (!is_rx(queue)) {
+      run_tx(p);
+      return;
     }
+    if (pair.rx_paused) {
+      pair.rx_paused = false;
+      update_tap(p);
+    }
+    run_rx(p);
   }
 
-  void on_tap(uint32_t events) {
-    if ((events & EPOLLOUT) && tx_blocked_) {
-      tx_blocked_ = false;
-      update_tap();
-      run_tx();
+  void on_tap(uint16_t p, uint32_t events) {
+    if (p >= pairs()) return;
+    Pair& pair = pairs_[p];
+    if ((events & EPOLLOUT) && pair.tx_blocked) {
+      pair.tx_blocked = false;
+      update_tap(p);
+      run_tx(p);
     }
-    if (events & EPOLLIN) run_rx();
+    if (events & EPOLLIN) run_rx(p);
   }
 
-  void run_tx() {
-    if (!running_[kTxQueue]) return;
-    vhost::Vring& v = backend_->vring(kTxQueue);
-    tx_pending_ = false;
+  void mark_pending() {
+    if (pending_marked_) return;
+    pending_marked_ = true;
+    worker_.mark_pending(this);
+  }
+
+  void run_tx(uint32_t p) {
+    Pair& pair = pairs_[p];
+    if (!pair.tx_running) return;
+    vhost::Vring& v = backend_->vring(2 * p + 1);
+    pair.tx_pending = false;
     for (int round = 0; round < kRoundsPerWake; ++round) {
       const dataplane::ForwardResult r = std::visit(
           [&](auto& q) {
-            return dataplane::forward_tx(q, tap_.fd(), v.call.get(), session_, worker_.scratch(),
-                                         local_);
+            return dataplane::forward_tx(q, pair.tap.fd(), v.call.get(), session_,
+                                         worker_.scratch(), local_);
           },
           v.queue);
       if (r.status == dataplane::ForwardStatus::kBudget) continue;
       if (r.status == dataplane::ForwardStatus::kTapFull) {
-        tx_blocked_ = true;
-        update_tap();
+        pair.tx_blocked = true;
+        update_tap(p);
       }
       if (r.status == dataplane::ForwardStatus::kQueueStopped) state_dirty_ = true;
       return;
     }
-    tx_pending_ = true;
-    worker_.mark_pending(this);
+    pair.tx_pending = true;
+    mark_pending();
   }
 
-  void run_rx() {
-    if (!running_[kRxQueue]) return;
-    vhost::Vring& v = backend_->vring(kRxQueue);
-    rx_pending_ = false;
+  void run_rx(uint32_t p) {
+    Pair& pair = pairs_[p];
+    if (!pair.rx_running) return;
+    vhost::Vring& v = backend_->vring(2 * p);
+    pair.rx_pending = false;
     for (int round = 0; round < kRoundsPerWake; ++round) {
       const dataplane::ForwardResult r = std::visit(
           [&](auto& q) {
-            return dataplane::forward_rx(q, tap_.fd(), v.call.get(), session_, worker_.scratch(),
-                                         local_);
+            return dataplane::forward_rx(q, pair.tap.fd(), v.call.get(), session_,
+                                         worker_.scratch(), local_);
           },
           v.queue);
       if (r.status == dataplane::ForwardStatus::kBudget) continue;
       if (r.status == dataplane::ForwardStatus::kNoBuffers) {
-        rx_paused_ = true;  // until the guest kicks with new buffers
-        update_tap();
+        pair.rx_paused = true;  // until the guest kicks with new buffers
+        update_tap(p);
       }
       if (r.status == dataplane::ForwardStatus::kQueueStopped) state_dirty_ = true;
       return;
     }
-    rx_pending_ = true;
-    worker_.mark_pending(this);
+    pair.rx_pending = true;
+    mark_pending();
   }
 
   Worker& worker_;
   uint32_t id_;
   control::EndpointConfig config_;
   net::Mac config_guest_mac_ = guest_mac_for(config_);
-  net::Tap tap_;
+  std::vector<Pair> pairs_;
   Fd listener_;
   Fd redial_;
   std::shared_ptr<Shared> shared_;
   std::unique_ptr<vhost::Backend> backend_;
   std::array<std::byte, 12> config_space_{};
   dataplane::NetSession session_;
-  dataplane::NetCounters local_;
+  dataplane::NetCounters local_;  // every pair adds here; published once per wake-up
   uint64_t acked_ = 0;
   unsigned tun_offloads_ = 0;
   uint64_t sessions_ = 0;
   int backoff_ms_ = 0;
-  bool running_[2] = {false, false};
   bool carrier_ = false;
-  bool tx_blocked_ = false;
-  bool rx_paused_ = false;
-  bool tx_pending_ = false;
-  bool rx_pending_ = false;
+  bool pending_marked_ = false;
   bool state_dirty_ = false;
-  uint32_t tap_events_ = 0;
 
  public:
   static net::Mac guest_mac_for(const control::EndpointConfig& c);
@@ -622,8 +746,13 @@ Worker& Dataplane::worker_of(const std::string& name) const {
   return *best;
 }
 
-void Dataplane::attach(const control::EndpointConfig& config, net::Tap tap, Fd listener) {
+void Dataplane::attach(const control::EndpointConfig& config, std::vector<net::Tap> taps,
+                       Fd listener) {
   detach(config.name);
+  if (taps.empty()) {
+    log::error(config.name, ": no TAP queue to serve the guest with");
+    return;
+  }
   Worker& w = worker_of(config.name);
   auto shared = std::make_shared<Shared>();
   {
@@ -631,11 +760,11 @@ void Dataplane::attach(const control::EndpointConfig& config, net::Tap tap, Fd l
     w.shared_[config.name] = shared;
   }
   // std::function needs a copyable callable: carry the move-only parts by pointer.
-  auto tap_box = std::make_shared<net::Tap>(std::move(tap));
+  auto taps_box = std::make_shared<std::vector<net::Tap>>(std::move(taps));
   auto listener_box = std::make_shared<Fd>(std::move(listener));
-  w.call([&w, &config, tap_box, listener_box, shared] {
+  w.call([&w, &config, taps_box, listener_box, shared] {
     const uint32_t id = w.next_id_++;
-    w.add(id, std::make_unique<Port>(w, id, config, std::move(*tap_box), std::move(*listener_box),
+    w.add(id, std::make_unique<Port>(w, id, config, std::move(*taps_box), std::move(*listener_box),
                                      shared));
   });
 }

@@ -2,9 +2,9 @@
 
 // The data path of every vhost-user endpoint: a small pool of worker threads, each owning
 // whole endpoints (DESIGN.md) — the endpoint's listening or dialled vhost-user socket, its
-// vhost::Backend, the virtqueues and the TAP queue, all in the worker's one epoll. The
-// control thread talks to workers only by posting commands (an eventfd-woken queue); the
-// packet path takes no lock and allocates nothing.
+// vhost::Backend, the virtqueues and one TAP queue per queue pair, all in the worker's one
+// epoll. The control thread talks to workers only by posting commands (an eventfd-woken
+// queue); the packet path takes no lock and allocates nothing.
 
 #include <cstdint>
 #include <memory>
@@ -25,8 +25,8 @@ struct SessionView {
   std::string socket;
   uint64_t features = 0;  // acked virtio features (0 before SET_FEATURES)
   bool packed = false;
-  uint32_t queues_running = 0;
-  uint32_t queues = 0;
+  uint32_t queues_running = 0;  // virtqueues started (both of a pair when it runs)
+  uint32_t queues = 0;          // virtqueues served: 2 per queue pair
   uint32_t hdr_len = 0;
   unsigned tun_offloads = 0;
   uint64_t sessions = 0;  // frontends served since vpd started
@@ -46,9 +46,11 @@ class Dataplane {
   Dataplane& operator=(const Dataplane&) = delete;
 
   /// Serves `config`'s guest side: `listener` (bind=, may be invalid) and/or dialling
-  /// config.peer. `tap` is the endpoint's own handle on its TAP queue. Replaces any earlier
-  /// attachment of the same name (the guest reconnects).
-  void attach(const control::EndpointConfig& config, net::Tap tap, Fd listener);
+  /// config.peer. `taps` holds one TAP queue per queue pair (config.queues of them, at least
+  /// one): taps[0] is a handle on the endpoint's own queue and stays attached; the others
+  /// are queues of a multiqueue TAP that the data plane detaches while their pair does not
+  /// run. Replaces any earlier attachment of the same name (the guest reconnects).
+  void attach(const control::EndpointConfig& config, std::vector<net::Tap> taps, Fd listener);
   /// Stops serving `name` and waits until its worker let go of every fd.
   void detach(const std::string& name);
   bool attached(const std::string& name) const;

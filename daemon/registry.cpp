@@ -89,6 +89,11 @@ Result<void> Registry::sync_dataplane(Endpoint& e, const EndpointConfig* before,
                     x.socket_mode, x.owner, x.group);
   };
   if (before && dataplane_.attached(c.name) && guest_sees(*before) == guest_sees(c)) return {};
+  if (c.queues > 1 && !e.tap.multi_queue()) {
+    return fail("bad-value",
+                str(c.name, ": queues=", c.queues, " needs a multiqueue TAP, and ", c.name,
+                    " was created single-queue (destroy and create it again, or use queues=1)"));
+  }
   // The old attachment lets go of its socket first; the guest reconnects to the new one.
   dataplane_.detach(c.name);
   Fd listener;
@@ -106,9 +111,26 @@ Result<void> Registry::sync_dataplane(Endpoint& e, const EndpointConfig* before,
     }
     listener = std::move(*fd);
   }
+  // One TAP queue per queue pair: pair 0 gets a handle on the endpoint's own queue, the
+  // others fresh queues of the multiqueue TAP. They are opened here, on the control thread,
+  // so that a failure is the request's answer and the worker never creates a TAP by name.
+  std::vector<net::Tap> taps;
   auto tap = e.tap.duplicate();
   if (!tap) return std::unexpected(tap.error());
-  dataplane_.attach(c, std::move(*tap), std::move(listener));
+  taps.push_back(std::move(*tap));
+  while (taps.size() < c.queues) {
+    auto queue = net::Tap::open(c.name);
+    if (!queue) {
+      return fail(queue.error().code, str(c.name, ": cannot open TAP queue ", taps.size() + 1,
+                                          " of ", c.queues, ": ", queue.error().message));
+    }
+    if (!queue->multi_queue()) {
+      return fail("system", str(c.name, ": TAP queue ", taps.size() + 1, " of ", c.queues,
+                                " opened single-queue"));
+    }
+    taps.push_back(std::move(*queue));
+  }
+  dataplane_.attach(c, std::move(taps), std::move(listener));
   return {};
 }
 

@@ -376,5 +376,34 @@ TEST(FormatVmmArgs, stream_and_tap_transports_use_their_netdevs) {
   EXPECT_TRUE(contains(tap, "vhost=on")) << tap;
 }
 
+TEST(FormatVmmArgs, one_queue_pair_asks_for_no_multiqueue) {
+  const std::string out = format_vmm_args(with_guest_mac(described(vp0(), "up", false, 0)));
+  EXPECT_FALSE(contains(out, "queues=")) << out;
+  EXPECT_FALSE(contains(out, "mq=on")) << out;
+  EXPECT_FALSE(contains(out, "num_queues")) << out;
+}
+
+TEST(FormatVmmArgs, queues_4_gives_qemu_4_pairs_with_mq_and_a_vector_each) {
+  control::EndpointConfig c = vp0();
+  c.queues = 4;
+  const std::string out = format_vmm_args(with_guest_mac(described(c, "up", false, 0)));
+  EXPECT_TRUE(contains(out, "-netdev vhost-user,id=vp0,chardev=vp0,queues=4\n")) << out;
+  // 8 virtqueues + config + control queue.
+  EXPECT_TRUE(contains(out,
+                       "-device virtio-net-pci,netdev=vp0,mac=06:00:00:00:00:09,mq=on,"
+                       "vectors=10\n"))
+      << out;
+  EXPECT_TRUE(contains(out, "vectors=0")) << "the TCG workaround is still mentioned";
+  // cloud-hypervisor counts virtqueues.
+  EXPECT_TRUE(contains(out, "vhost_mode=client,mac=06:00:00:00:00:09,num_queues=8\n")) << out;
+
+  c.transport = control::Transport::kTap;
+  c.bind.clear();
+  const std::string tap = format_vmm_args(with_guest_mac(described(c, "up", false, 0)));
+  EXPECT_TRUE(contains(tap, "-netdev tap,id=vp0,ifname=vp0,script=no,downscript=no,queues=4\n"))
+      << tap;
+  EXPECT_TRUE(contains(tap, "mq=on,vectors=10")) << tap;
+}
+
 }  // namespace
 }  // namespace vp::ctl
