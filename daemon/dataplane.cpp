@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -90,6 +92,8 @@ class Worker {
   void mark_pending(Port* port) { pending_.push_back(port); }
   void add(uint32_t id, std::unique_ptr<Port> port);
   void remove(const std::string& name);
+  /// Sets this thread's scheduling from its endpoints' priority= (worker thread only).
+  void apply_priority();
   std::shared_ptr<Shared> shared_of(const std::string& name) const;
   bool serves(const std::string& name) const;
 
@@ -107,6 +111,7 @@ class Worker {
   dataplane::NetScratch scratch_;
   // Worker thread only.
   uint32_t next_id_ = 1;
+  int priority_ = 0;
   std::map<uint32_t, Port*> by_id_;
   std::map<std::string, std::unique_ptr<Port>> ports_;
   std::vector<Port*> pending_;
@@ -158,6 +163,8 @@ class Port final : public vhost::Device {
   }
 
   const std::string& name() const { return config_.name; }
+  int priority() const { return config_.priority; }
+  void set_priority(int priority) { config_.priority = priority; }
 
   void on_event(EventKind kind, uint16_t queue, uint32_t events) {
     switch (kind) {
@@ -669,6 +676,27 @@ void Worker::run_commands() {
 void Worker::add(uint32_t id, std::unique_ptr<Port> port) {
   by_id_[id] = port.get();
   ports_[port->name()] = std::move(port);
+  apply_priority();
+}
+
+void Worker::apply_priority() {
+  // priority=N puts the data-path thread in SCHED_FIFO at N; a worker serving several
+  // endpoints runs at the highest of theirs. 0 everywhere: normal scheduling.
+  int wanted = 0;
+  for (const auto& [name, port] : ports_) wanted = std::max(wanted, port->priority());
+  if (wanted == priority_) return;
+  sched_param param{};
+  param.sched_priority = wanted;
+  const int rc =
+      ::pthread_setschedparam(::pthread_self(), wanted ? SCHED_FIFO : SCHED_OTHER, &param);
+  if (rc != 0) {
+    log::warning("data-path worker ", index_, ": cannot set SCHED_FIFO priority ", wanted, ": ",
+                 std::strerror(rc), " (vpd needs CAP_SYS_NICE)");
+    return;
+  }
+  priority_ = wanted;
+  log::info("data-path worker ", index_, ": scheduling ",
+            wanted ? str("SCHED_FIFO priority ", wanted) : std::string("normal"));
 }
 
 void Worker::remove(const std::string& name) {
@@ -679,6 +707,7 @@ void Worker::remove(const std::string& name) {
     i = i->second == it->second.get() ? by_id_.erase(i) : std::next(i);
   }
   ports_.erase(it);
+  apply_priority();
   std::lock_guard lock(shared_mutex_);
   shared_.erase(name);
 }
@@ -774,6 +803,19 @@ void Dataplane::detach(const std::string& name) {
     if (!w->serves(name)) continue;
     Worker& worker = *w;
     worker.call([&worker, &name] { worker.remove(name); });
+  }
+}
+
+void Dataplane::set_priority(const std::string& name, int priority) {
+  for (const auto& w : workers_) {
+    if (!w->serves(name)) continue;
+    Worker& worker = *w;
+    worker.call([&worker, &name, priority] {
+      if (auto it = worker.ports_.find(name); it != worker.ports_.end()) {
+        it->second->set_priority(priority);
+        worker.apply_priority();
+      }
+    });
   }
 }
 

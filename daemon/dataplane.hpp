@@ -54,6 +54,9 @@ class Dataplane {
   /// Stops serving `name` and waits until its worker let go of every fd.
   void detach(const std::string& name);
   bool attached(const std::string& name) const;
+  /// priority=N of an attached endpoint: its worker thread runs SCHED_FIFO at the highest
+  /// priority of its endpoints (0: normal scheduling).
+  void set_priority(const std::string& name, int priority);
   /// True while a guest has negotiated features: the worker, not the control thread, then
   /// decides the TAP's offloads and header length.
   bool session_active(const std::string& name) const;

@@ -88,7 +88,10 @@ Result<void> Registry::sync_dataplane(Endpoint& e, const EndpointConfig* before,
     return std::tie(x.transport, x.peer, x.bind, x.peerfeats, x.legacy, x.mtu, x.toggles, x.queues,
                     x.socket_mode, x.owner, x.group);
   };
-  if (before && dataplane_.attached(c.name) && guest_sees(*before) == guest_sees(c)) return {};
+  if (before && dataplane_.attached(c.name) && guest_sees(*before) == guest_sees(c)) {
+    if (before->priority != c.priority) dataplane_.set_priority(c.name, c.priority);
+    return {};
+  }
   if (c.queues > 1 && !e.tap.multi_queue()) {
     return fail("bad-value",
                 str(c.name, ": queues=", c.queues, " needs a multiqueue TAP, and ", c.name,

@@ -11,7 +11,13 @@
 #include "integration/vpd_fixture.hpp"
 #include "net/mac.hpp"
 
+#include <sched.h>
 #include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
 
 namespace vp::test {
 namespace {
@@ -738,6 +744,44 @@ TEST_F(Lifecycle, bind_socket_gets_the_mode_owner_and_group_asked_for) {
   // destroy removes the socket file with the endpoint.
   ok({"vp0", "destroy"});
   EXPECT_NE(::stat(sock.c_str(), &st), 0);
+}
+
+}  // namespace
+}  // namespace vp::test
+
+namespace vp::test {
+namespace {
+
+// (policy, rt_priority) of every thread of `pid`, from /proc/PID/task/*/stat.
+std::vector<std::pair<int, int>> thread_scheduling(pid_t pid) {
+  std::vector<std::pair<int, int>> out;
+  const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+  for (const auto& task : std::filesystem::directory_iterator(dir)) {
+    std::ifstream in(task.path() / "stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::istringstream fields(stat.substr(stat.rfind(')') + 2));  // after "pid (comm) "
+    std::vector<std::string> f{std::istream_iterator<std::string>(fields), {}};
+    // Fields 40 (rt_priority) and 41 (policy), counted from 1; f[0] is field 3.
+    if (f.size() > 38) out.emplace_back(std::stoi(f[38]), std::stoi(f[37]));
+  }
+  return out;
+}
+
+TEST_F(Lifecycle, priority_puts_the_endpoints_data_path_thread_in_sched_fifo) {
+  ASSERT_EQ(vpd().start(), "");
+  ok({"vp0", "create", "priority=10"});
+  auto fifo_10 = [&] {
+    for (const auto& [policy, prio] : thread_scheduling(vpd().pid())) {
+      if (policy == SCHED_FIFO && prio == 10) return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(fifo_10()) << vpd().log();
+  ok({"vp0", "priority=0"});
+  EXPECT_FALSE(fifo_10());
+  for (const auto& [policy, prio] : thread_scheduling(vpd().pid())) {
+    EXPECT_EQ(policy, SCHED_OTHER) << "priority=0 is normal scheduling";
+  }
 }
 
 }  // namespace
