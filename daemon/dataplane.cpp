@@ -290,7 +290,25 @@ class Port final : public vhost::Device {
     }
     return {};
   }
-  void on_rarp(const uint8_t (&)[6]) override {}
+  void on_rarp(const uint8_t (&mac)[6]) override {
+    // The guest moved here (live migration): broadcast a RARP request from its MAC into
+    // the TAP, so bridges and switches learn where it is now (what QEMU's announce does).
+    std::array<uint8_t, dataplane::kNetHdrSize + 60> frame{};
+    const size_t hdr = acked_ ? session_.hdr_len : static_cast<size_t>(config_.vnet_hdr_len());
+    uint8_t* f = frame.data() + hdr;
+    std::memset(f, 0xff, 6);
+    std::memcpy(f + 6, mac, 6);
+    const uint8_t rarp[] = {0x80, 0x35, 0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x03};
+    std::memcpy(f + 12, rarp, sizeof rarp);
+    std::memcpy(f + 22, mac, 6);  // sender hardware address
+    std::memcpy(f + 32, mac, 6);  // target hardware address
+    const ssize_t n = ::write(pairs_[0].tap.fd(), frame.data(), hdr + 60);
+    if (n < 0) {
+      log::warning(name(), ": could not announce the migrated guest: ", std::strerror(errno));
+    } else {
+      log::info(name(), ": announced the guest's MAC after SEND_RARP");
+    }
+  }
   void on_status(uint8_t) override {}
 
   void publish() {

@@ -1,6 +1,12 @@
 // What vpctl shows of a live vhost-user session: `vpctl vp0` and `vpctl vp0 stats`.
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <cstring>
@@ -8,6 +14,8 @@
 
 #include "support/harness.hpp"
 #include "support/vhost_frontend.hpp"
+#include "sys/fd.hpp"
+#include "vhost/messages.hpp"
 #include "virtio/queue.hpp"
 
 namespace vp::test {
@@ -62,6 +70,40 @@ TEST(VhostSessionView, show_and_stats_report_the_live_session) {
   EXPECT_EQ(value_of(stats, "tx_dropped_malformed_chain"), "0") << stats;
   const auto j = vpd.ctl_json({"vp0", "stats"});
   EXPECT_EQ(j["status"]["counters"].value("tx_packets", 0), 1u) << j.dump(2);
+}
+
+TEST(VhostSessionView, send_rarp_announces_the_guest_mac_on_the_tap) {
+  ASSERT_EQ(enter_private_netns(), "");
+  TempDir dir;
+  Vpd vpd(dir.path());
+  ASSERT_EQ(vpd.start(), "");
+  ASSERT_EQ(vpd.ctl({"vp0", "create", "up"}).status, 0);
+  auto fe = VhostFrontend::connect(vpd.runtime_dir() + "/vp0.sock", VhostFrontend::Options{});
+  ASSERT_TRUE(fe) << fe.error().message;
+  ASSERT_TRUE((*fe)->negotiate(~virtio::kFeatureRingPacked, ~0ull));
+  ASSERT_NE((*fe)->acked_protocol_features() & vhost::bit(vhost::ProtocolFeature::kRarp), 0u);
+  // Watch what the kernel receives on vp0.
+  Fd capture(::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL)));
+  ASSERT_TRUE(capture);
+  sockaddr_ll where{};
+  where.sll_family = AF_PACKET;
+  where.sll_protocol = htons(ETH_P_ALL);
+  where.sll_ifindex = static_cast<int>(::if_nametoindex("vp0"));
+  ASSERT_EQ(::bind(capture.get(), reinterpret_cast<sockaddr*>(&where), sizeof where), 0);
+
+  const uint8_t mac[8] = {0x52, 0x54, 0x00, 0xab, 0xcd, 0xef, 0, 0};
+  ASSERT_TRUE((*fe)->request(vhost::Request::kSendRarp,
+                             std::as_bytes(std::span<const uint8_t>(mac, sizeof mac))));
+  bool announced = false;
+  for (int i = 0; i < 20 && !announced; ++i) {
+    pollfd p{capture.get(), POLLIN, 0};
+    if (::poll(&p, 1, 250) != 1) continue;
+    uint8_t frame[2048];
+    const ssize_t n = ::recv(capture.get(), frame, sizeof frame, 0);
+    announced = n >= 42 && std::memcmp(frame + 6, mac, 6) == 0 && frame[12] == 0x80 &&
+                frame[13] == 0x35 && std::memcmp(frame + 22, mac, 6) == 0;
+  }
+  EXPECT_TRUE(announced) << vpd.log();
 }
 
 }  // namespace
