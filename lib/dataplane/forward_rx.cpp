@@ -21,6 +21,10 @@
 // shorter than the virtio header fails with EINVAL and drops the frame too. So:
 //  - buffers are popped ahead until they cover hdr_len + max_rx_frame (MRG_RXBUF) or one
 //    chain (without it), and kept across frames of one call (a pool in the scratch array);
+//  - when the ring runs dry before the pool covers that, nothing is read: the frame could
+//    be the large one, and a read cannot be undone. The pool goes back on the ring and the
+//    RX kick resumes once the guest added buffers (as with an empty ring). Only a pool that
+//    holds the whole ring is read from anyway, since the guest cannot offer more;
 //  - every readv ends with a probe element past the guest buffers: a frame that reaches it
 //    did not fit, and is dropped and counted instead of being delivered truncated;
 //  - what is left in the pool when the call ends is put back on the ring (unpop, or
@@ -56,12 +60,22 @@ class RxRun {
   ForwardResult run(int call_fd) noexcept;
 
  private:
+  /// Why top_up() stopped popping.
+  enum class TopUp : uint8_t { kCovered, kScratchFull, kRingEmpty };
+
   uint32_t pool_count() const noexcept { return buf_end_ - buf_begin_; }
   bool pool_covers() const noexcept {
     return s_.mrg_rxbuf ? pool_bytes_ >= uint64_t{s_.hdr_len} + s_.max_rx_frame : pool_count() != 0;
   }
+  /// True when the pool holds every slot of the ring: the guest cannot add a buffer before
+  /// some are used.
+  bool pool_holds_ring() const noexcept {
+    uint32_t slots = 0;
+    for (uint32_t i = buf_begin_; i < buf_end_; ++i) slots += bufs_[i].head.slots;
+    return slots >= q_.size();
+  }
   void compact() noexcept;
-  void top_up() noexcept;
+  TopUp top_up() noexcept;
   void deliver(uint32_t n) noexcept;
   void give_back_leftovers() noexcept;
 
@@ -100,12 +114,12 @@ void RxRun<Q>::compact() noexcept {
 }
 
 template <virtio::Virtqueue Q>
-void RxRun<Q>::top_up() noexcept {
+typename RxRun<Q>::TopUp RxRun<Q>::top_up() noexcept {
   while (!pool_covers()) {
     compact();
     const uint32_t tail = iov_cap_ - iov_end_;
     if (tail == 0 || buf_end_ == bufs_.size() || (pool_count() != 0 && tail < kMinTailIovecs)) {
-      return;  // scratch full: read with what the pool has
+      return TopUp::kScratchFull;  // read with what the pool has
     }
     const uint64_t used_before = q_.counters().used_returned;
     const uint32_t held = pool_count();
@@ -113,7 +127,7 @@ void RxRun<Q>::top_up() noexcept {
     // The queue gave back a malformed chain consumed after the pooled ones: rewinding them
     // would re-pop it. They stay pinned until filled or given back empty.
     if (q_.counters().used_returned != used_before) pinned_ = held;
-    if (!chain) return;
+    if (!chain) return TopUp::kRingEmpty;
     // GUEST: SPEC: virtio 1.2 §5.1.6.3: receive buffers are device-writable, and each is at
     // least a virtio header long (with MRG_RXBUF; without it the one buffer must hold the
     // header too).
@@ -130,6 +144,7 @@ void RxRun<Q>::top_up() noexcept {
     iov_end_ += count;
     pool_bytes_ += chain->writable_bytes;
   }
+  return TopUp::kCovered;
 }
 
 template <virtio::Virtqueue Q>
@@ -198,13 +213,16 @@ ForwardResult RxRun<Q>::run(int call_fd) noexcept {
 
   result_.status = ForwardStatus::kBudget;
   while (reads < budget) {
-    top_up();
+    const TopUp topped = top_up();
     // A queue that broke while popping refuses every push: read nothing more for it.
     if (!q_.ready()) {
       result_.status = ForwardStatus::kQueueStopped;
       break;
     }
-    if (pool_count() == 0) {
+    // GUEST: a short pool is read from only when the guest cannot add to it; otherwise the
+    // next frame might not fit and would be lost (tun drops what a read cannot take).
+    const bool short_pool = topped == TopUp::kRingEmpty && !pool_holds_ring();
+    if (pool_count() == 0 || short_pool) {
       // The race: buffers added after our last look but before the driver saw the request
       // for kicks. Bounded, in case a guest keeps offering only malformed chains.
       if (q_.enable_notifications()) {

@@ -40,6 +40,9 @@ class DataplaneRx : public ::testing::Test {
     return id;
   }
   Bytes buffer(uint16_t id, std::size_t len) { return ram_.read(where_.at(id), len); }
+  /// A guest that negotiated no GSO: the worker lowers max_rx_frame to MTU + 18, so the pool
+  /// popped ahead of a read need only cover that (default: 64 KiB GSO frames).
+  void without_gso(uint32_t max_frame = 1518) { session_.max_rx_frame = max_frame; }
 
   ForwardResult forward() {
     return forward_rx(q_, tap_.tap.get(), call_.get(), session_, scratch_, counters_);
@@ -155,6 +158,7 @@ TYPED_TEST(DataplaneRx, too_big_frame_with_no_other_frame_leaves_the_buffer_avai
 
 TYPED_TEST(DataplaneRx, mergeable_frame_spans_buffers_and_unused_ones_go_back) {
   this->start(kVersion1 | kFeatureMrgRxbuf);
+  this->without_gso(3000);
   std::vector<uint16_t> ids;
   for (int i = 0; i < 10; ++i) ids.push_back(this->offer(1000));
   const Bytes msg = tap_message(12, 2500);  // 2512 bytes: 1000 + 1000 + 512
@@ -176,7 +180,7 @@ TYPED_TEST(DataplaneRx, mergeable_frame_spans_buffers_and_unused_ones_go_back) {
   c.interrupts = 1;
   EXPECT_EQ(this->counters_, c);
 
-  // The seven buffers popped ahead went back: the next frame starts in the fourth.
+  // The buffer popped ahead went back: the next frame starts in the fourth.
   this->tap_.send(tap_message(12, 100, 5));
   EXPECT_EQ(this->forward().frames, 1u);
   EXPECT_EQ(this->ring_->take_all_used(), (std::vector<UsedElem>{{ids[3], 112}}));
@@ -211,6 +215,7 @@ TYPED_TEST(DataplaneRx, mergeable_pool_covering_the_largest_frame_is_rewound) {
 
 TYPED_TEST(DataplaneRx, mergeable_frames_in_one_call_take_consecutive_buffers) {
   this->start(kVersion1 | kFeatureMrgRxbuf);
+  this->without_gso();
   std::vector<uint16_t> ids;
   for (int i = 0; i < 8; ++i) ids.push_back(this->offer(512));
   this->tap_.send(tap_message(12, 600, 1));   // 612: 2 buffers
@@ -234,6 +239,7 @@ TYPED_TEST(DataplaneRx, mergeable_frames_in_one_call_take_consecutive_buffers) {
 
 TYPED_TEST(DataplaneRx, mergeable_frame_larger_than_all_buffers_is_dropped) {
   this->start(kVersion1 | kFeatureMrgRxbuf);
+  this->without_gso();
   std::vector<uint16_t> ids;
   for (int i = 0; i < 3; ++i) ids.push_back(this->offer(1000));
   this->tap_.send(tap_message(12, 3000));  // 3012 > 3000 offered
@@ -247,6 +253,7 @@ TYPED_TEST(DataplaneRx, mergeable_frame_larger_than_all_buffers_is_dropped) {
 
 TYPED_TEST(DataplaneRx, no_buffer_leaves_the_frame_in_the_tap_and_asks_for_kicks) {
   this->start(kVersion1 | kFeatureMrgRxbuf);
+  this->without_gso();
   const Bytes msg = tap_message(12, 100);
   this->tap_.send(msg);
 
@@ -259,7 +266,7 @@ TYPED_TEST(DataplaneRx, no_buffer_leaves_the_frame_in_the_tap_and_asks_for_kicks
   EXPECT_EQ(this->counters_, c);
 
   // The guest adds a buffer and kicks: the frame goes in.
-  const uint16_t id = this->offer(1000);
+  const uint16_t id = this->offer(2000);
   r = this->forward();
   EXPECT_EQ(r.frames, 1u);
   EXPECT_EQ(this->ring_->take_all_used(), (std::vector<UsedElem>{{id, 112}}));
@@ -275,6 +282,7 @@ TYPED_TEST(DataplaneRx, empty_tap_and_empty_ring_is_idle_not_counted) {
 template <class Fixture>
 void empty_tap_gives_every_popped_buffer_back(Fixture& t, bool mrg) {
   t.start(kVersion1 | (mrg ? kFeatureMrgRxbuf : 0));
+  t.without_gso();
   std::vector<uint16_t> ids;
   for (int i = 0; i < 5; ++i) ids.push_back(t.offer(2000));
   const ForwardResult r = t.forward();
@@ -317,8 +325,9 @@ TYPED_TEST(DataplaneRx, readable_buffer_is_returned_empty_and_the_next_one_used)
 
 TYPED_TEST(DataplaneRx, buffer_shorter_than_the_header_is_returned_empty) {
   this->start(kVersion1 | kFeatureMrgRxbuf);
+  this->without_gso();
   const uint16_t tiny = this->offer(11);
-  const uint16_t good = this->offer(1000);
+  const uint16_t good = this->offer(2000);
   this->tap_.send(tap_message(12, 60));
   EXPECT_EQ(this->forward().frames, 1u);
   EXPECT_EQ(this->ring_->take_all_used(), (std::vector<UsedElem>{{tiny, 0}, {good, 72}}));
@@ -327,6 +336,7 @@ TYPED_TEST(DataplaneRx, buffer_shorter_than_the_header_is_returned_empty) {
 
 TYPED_TEST(DataplaneRx, buffer_popped_before_a_returned_one_cannot_be_rewound) {
   this->start(kVersion1 | kFeatureMrgRxbuf);
+  this->without_gso();
   const uint16_t a = this->offer(1000);
   const uint64_t gpa = this->ram_.alloc(1000);
   const uint16_t bad = this->ring_->add({{gpa, 1000, false}});
@@ -352,10 +362,11 @@ TYPED_TEST(DataplaneRx, buffer_popped_before_a_returned_one_cannot_be_rewound) {
 
 TYPED_TEST(DataplaneRx, pinned_buffer_is_filled_first_when_a_frame_comes) {
   this->start(kVersion1 | kFeatureMrgRxbuf);
+  this->without_gso();
   const uint16_t a = this->offer(1000);
   const uint64_t gpa = this->ram_.alloc(1000);
   const uint16_t bad = this->ring_->add({{gpa, 1000, false}});
-  const uint16_t c = this->offer(1000);
+  const uint16_t c = this->offer(2000);
   this->tap_.send(tap_message(12, 60));
 
   EXPECT_EQ(this->forward().frames, 1u);
@@ -409,9 +420,59 @@ TYPED_TEST(DataplaneRx, runt_read_is_dropped) {
   EXPECT_EQ(this->counters_.rx_dropped_runt, 1u);
 }
 
+// A 40 KB frame waits in the TAP while the guest has posted too little to hold the largest
+// frame; a read would have to drop it (tun cannot say how long the next frame is).
+TYPED_TEST(DataplaneRx, mergeable_short_pool_waits_for_buffers_instead_of_dropping) {
+  this->start(kVersion1 | kFeatureMrgRxbuf);
+  for (int i = 0; i < 8; ++i) this->offer(4096);  // 32 KiB < 12 + 65553
+  const Bytes msg = tap_message(12, 40000);
+  this->tap_.send(msg);
+
+  ForwardResult r = this->forward();
+  EXPECT_EQ(r.status, ForwardStatus::kNoBuffers);
+  EXPECT_EQ(r.frames, 0u);
+  EXPECT_EQ(this->tap_.waiting(), msg.size());  // not read, so not lost
+  EXPECT_TRUE(this->ring_->take_all_used().empty());
+  EXPECT_TRUE(this->ring_->kicks_requested(false));
+  NetCounters c;
+  c.no_rx_avail_buffer = 1;
+  EXPECT_EQ(this->counters_, c);
+
+  // The guest refills (17 x 4 KiB cover 64 KiB + header) and kicks: the frame goes in,
+  // starting with the first buffer it posted.
+  for (int i = 0; i < 9; ++i) this->offer(4096);
+  r = this->forward();
+  EXPECT_EQ(r.frames, 1u);
+  const std::vector<UsedElem> used = this->ring_->take_all_used();
+  ASSERT_EQ(used.size(), 10u);  // 40012 bytes in 4096-byte buffers
+  EXPECT_EQ(used.front(), (UsedElem{0, 4096}));
+  EXPECT_EQ(used.back(), (UsedElem{9, 40012 - 9 * 4096}));
+  EXPECT_EQ(this->buffer(0, 12)[10], std::byte{10});  // num_buffers
+  EXPECT_EQ(this->counters_.rx_dropped_too_big, 0u);
+  EXPECT_EQ(this->counters_.rx_packets, 1u);
+  EXPECT_EQ(this->tap_.waiting(), std::nullopt);
+}
+
+// A ring too small ever to hold the largest frame: the guest cannot add more, so vpd reads
+// with what it has; frames that fit are delivered, one that does not is dropped and counted.
+TYPED_TEST(DataplaneRx, mergeable_pool_holding_the_whole_ring_is_read_from) {
+  this->start(kVersion1 | kFeatureMrgRxbuf, 0, 8);
+  for (int i = 0; i < 8; ++i) this->offer(1000);
+  this->tap_.send(tap_message(12, 20000));  // more than the whole ring
+  this->tap_.send(tap_message(12, 1500, 2));
+
+  const ForwardResult r = this->forward();
+  EXPECT_EQ(r.frames, 1u);
+  EXPECT_EQ(this->ring_->take_all_used(), (std::vector<UsedElem>{{0, 1000}, {1, 512}}));
+  EXPECT_EQ(this->counters_.rx_dropped_too_big, 1u);
+  EXPECT_EQ(this->counters_.no_rx_avail_buffer, 0u);
+  EXPECT_EQ(this->tap_.waiting(), std::nullopt);
+}
+
 TYPED_TEST(DataplaneRx, tap_error_is_reported_and_buffers_go_back) {
   this->start(kVersion1 | kFeatureMrgRxbuf);
-  const uint16_t id = this->offer(1000);
+  this->without_gso();
+  const uint16_t id = this->offer(2000);
   this->tap_.peer.reset();  // the stand-in's "TAP went away": readv returns 0 (EOF)
   const ForwardResult r = this->forward();
   EXPECT_EQ(r.status, ForwardStatus::kTapError);
