@@ -292,10 +292,14 @@ else
 fi
 
 # ---------------------------------------------------------------------------
-section "systemd-analyze security (informational, never fails on the score)"
+section "systemd-analyze security: exposure at most the bound in docs/SERVICE.md"
 
+# The recorded score: a change to vpd.service that raises it must also update
+# docs/SERVICE.md (and say why there), a change that lowers it should too.
+service_doc=$src_dir/docs/SERVICE.md
+bound=$(sed -n 's/.*<!-- exposure-bound: \([0-9.]*\) -->.*/\1/p' "$service_doc" 2>/dev/null | head -n 1)
 if systemd-analyze security --help 2>&1 | grep -q -- '--offline'; then
-  out=$(systemd-analyze security --offline=true --no-pager "$units/vpd.service" 2>&1)
+  out=$(LC_ALL=C.UTF-8 systemd-analyze security --offline=true --no-pager "$units/vpd.service" 2>&1)
   rc=$?
   if [[ $rc -ne 0 ]]; then
     fail "systemd-analyze security --offline failed (exit $rc)"
@@ -304,8 +308,27 @@ if systemd-analyze security --help 2>&1 | grep -q -- '--offline'; then
     echo "  settings counted as exposure:"
     # ✗ in a UTF-8 locale, - otherwise.
     grep -E '^(✗|- )' <<<"$out" | indent ''
-    score=$(grep -i 'overall exposure level' <<<"$out")
-    echo "  ${score:-no overall exposure line in the output}"
+    score=$(sed -n 's/.*Overall exposure level for vpd.service: \([0-9.]*\).*/\1/p' <<<"$out")
+    if [[ -z $bound ]]; then
+      fail "no '<!-- exposure-bound: N -->' in docs/SERVICE.md"
+    elif [[ -z $score ]]; then
+      fail "no overall exposure level in the output"
+      indent '|' <<<"$out"
+    elif awk -v s="$score" -v b="$bound" 'BEGIN { exit !(s <= b) }'; then
+      pass "exposure $score is within the recorded bound $bound"
+    else
+      fail "exposure $score is above the recorded bound $bound (docs/SERVICE.md)"
+    fi
+    # Negative control: a unit without ProtectSystem= and NoNewPrivileges= must
+    # score above the bound, or the comparison proves nothing.
+    sed '/^ProtectSystem=/d; /^NoNewPrivileges=/d' "$units/vpd.service" >"$broken/vpd.service"
+    weaker=$(LC_ALL=C.UTF-8 systemd-analyze security --offline=true --no-pager "$broken/vpd.service" 2>&1 |
+      sed -n 's/.*Overall exposure level for vpd.service: \([0-9.]*\).*/\1/p')
+    if [[ -n $weaker && -n $bound ]] && awk -v s="$weaker" -v b="$bound" 'BEGIN { exit !(s > b) }'; then
+      pass "negative control: a weaker unit scores $weaker, above the bound"
+    else
+      fail "negative control: a weaker unit scored '$weaker', not above the bound '$bound'"
+    fi
   fi
 else
   echo "  (this systemd-analyze has no --offline; skipped)"
