@@ -10,6 +10,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -26,6 +27,7 @@
 #include "dataplane/forward.hpp"
 #include "dataplane/net_header.hpp"
 #include "net/offloads.hpp"
+#include "stream/codec.hpp"
 #include "sys/log.hpp"
 #include "sys/str.hpp"
 #include "sys/unix_socket.hpp"
@@ -68,6 +70,16 @@ Result<void> set_tap_queue_attached(const net::Tap& tap, bool attached) {
   return {};
 }
 
+/// The frontend (peer=) is not there (yet): arms `timer` to try again, backing off from
+/// 100 ms to 5 s.
+void arm_redial(int timer, int& backoff_ms) {
+  backoff_ms = backoff_ms == 0 ? 100 : std::min(backoff_ms * 2, 5000);
+  itimerspec t{};
+  t.it_value.tv_sec = backoff_ms / 1000;
+  t.it_value.tv_nsec = static_cast<long>(backoff_ms % 1000) * 1'000'000;
+  ::timerfd_settime(timer, 0, &t, nullptr);
+}
+
 struct Shared {
   mutable std::mutex mutex;
   SessionView view;
@@ -76,7 +88,40 @@ struct Shared {
 
 }  // namespace
 
-class Port;
+/// What a worker owns for one endpoint: the vhost-user Port or the StreamPort. The worker
+/// dispatches its events here (one virtual call per event, none per packet).
+class Attachment {
+ public:
+  explicit Attachment(int epoll) : epoll_(epoll) {}
+  virtual ~Attachment() = default;
+  Attachment(const Attachment&) = delete;
+  Attachment& operator=(const Attachment&) = delete;
+
+  virtual const std::string& name() const = 0;
+  virtual int priority() const = 0;
+  virtual void set_priority(int priority) = 0;
+  virtual void on_event(EventKind kind, uint16_t queue, uint32_t events) = 0;
+  /// Carries on with work a previous round left for later (budget used up).
+  virtual void continue_work() = 0;
+
+ protected:
+  void add_fd(int fd, uint64_t t, uint32_t events) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = t;
+    ::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &ev);
+  }
+  void mod_fd(int fd, uint64_t t, uint32_t events) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = t;
+    ::epoll_ctl(epoll_, EPOLL_CTL_MOD, fd, &ev);
+  }
+  void del_fd(int fd) { ::epoll_ctl(epoll_, EPOLL_CTL_DEL, fd, nullptr); }
+
+ private:
+  int epoll_;
+};
 
 /// One data-path thread: an epoll, a command queue, and the endpoints it owns.
 class Worker {
@@ -89,8 +134,8 @@ class Worker {
 
   int epoll() const { return epoll_.get(); }
   dataplane::NetScratch& scratch() { return scratch_; }
-  void mark_pending(Port* port) { pending_.push_back(port); }
-  void add(uint32_t id, std::unique_ptr<Port> port);
+  void mark_pending(Attachment* port) { pending_.push_back(port); }
+  void add(uint32_t id, std::unique_ptr<Attachment> port);
   void remove(const std::string& name);
   /// Sets this thread's scheduling from its endpoints' priority= (worker thread only).
   void apply_priority();
@@ -112,13 +157,14 @@ class Worker {
   // Worker thread only.
   uint32_t next_id_ = 1;
   int priority_ = 0;
-  std::map<uint32_t, Port*> by_id_;
-  std::map<std::string, std::unique_ptr<Port>> ports_;
-  std::vector<Port*> pending_;
+  std::map<uint32_t, Attachment*> by_id_;
+  std::map<std::string, std::unique_ptr<Attachment>> ports_;
+  std::vector<Attachment*> pending_;
   // Shared with the control thread.
   mutable std::mutex shared_mutex_;
   std::map<std::string, std::shared_ptr<Shared>> shared_;
   friend class Port;
+  friend class StreamPort;
   friend class Dataplane;
 };
 
@@ -131,11 +177,12 @@ class Worker {
 /// attached to the TAP only while a ring of their pair runs, so that the kernel never steers
 /// a flow to a queue nobody reads: a pair the guest did not enable supplies no RX and loses
 /// nothing.
-class Port final : public vhost::Device {
+class Port final : public Attachment, public vhost::Device {
  public:
   Port(Worker& worker, uint32_t id, control::EndpointConfig config, std::vector<net::Tap> taps,
        Fd listener, std::shared_ptr<Shared> shared)
-      : worker_(worker),
+      : Attachment(worker.epoll()),
+        worker_(worker),
         id_(id),
         config_(std::move(config)),
         listener_(std::move(listener)),
@@ -162,11 +209,11 @@ class Port final : public vhost::Device {
     if (redial_) del_fd(redial_.get());
   }
 
-  const std::string& name() const { return config_.name; }
-  int priority() const { return config_.priority; }
-  void set_priority(int priority) { config_.priority = priority; }
+  const std::string& name() const override { return config_.name; }
+  int priority() const override { return config_.priority; }
+  void set_priority(int priority) override { config_.priority = priority; }
 
-  void on_event(EventKind kind, uint16_t queue, uint32_t events) {
+  void on_event(EventKind kind, uint16_t queue, uint32_t events) override {
     switch (kind) {
       case EventKind::kListener:
         accept_frontend();
@@ -192,8 +239,7 @@ class Port final : public vhost::Device {
     publish();
   }
 
-  /// Carries on with work a previous round left for later (budget used up).
-  void continue_work() {
+  void continue_work() override {
     pending_marked_ = false;
     for (uint32_t p = 0; p < pairs(); ++p) {
       if (pairs_[p].tx_pending) run_tx(p);
@@ -362,20 +408,6 @@ class Port final : public vhost::Device {
   static constexpr bool is_rx(uint32_t index) { return index % 2 == 0; }
   uint32_t pairs() const { return static_cast<uint32_t>(pairs_.size()); }
 
-  void add_fd(int fd, uint64_t t, uint32_t events) {
-    epoll_event ev{};
-    ev.events = events;
-    ev.data.u64 = t;
-    ::epoll_ctl(worker_.epoll(), EPOLL_CTL_ADD, fd, &ev);
-  }
-  void mod_fd(int fd, uint64_t t, uint32_t events) {
-    epoll_event ev{};
-    ev.events = events;
-    ev.data.u64 = t;
-    ::epoll_ctl(worker_.epoll(), EPOLL_CTL_MOD, fd, &ev);
-  }
-  void del_fd(int fd) { ::epoll_ctl(worker_.epoll(), EPOLL_CTL_DEL, fd, nullptr); }
-
   void build_config_space() {
     // SPEC: virtio 1.2 §5.1.4 struct virtio_net_config: mac[6], status, max_virtqueue_pairs,
     // mtu (little endian).
@@ -407,12 +439,7 @@ class Port final : public vhost::Device {
   void dial() {
     auto fd = connect_unix(config_.peer);
     if (!fd) {
-      // The VMM is not there (yet): try again, backing off to 5 s.
-      backoff_ms_ = backoff_ms_ == 0 ? 100 : std::min(backoff_ms_ * 2, 5000);
-      itimerspec t{};
-      t.it_value.tv_sec = backoff_ms_ / 1000;
-      t.it_value.tv_nsec = static_cast<long>(backoff_ms_ % 1000) * 1'000'000;
-      ::timerfd_settime(redial_.get(), 0, &t, nullptr);
+      arm_redial(redial_.get(), backoff_ms_);
       return;
     }
     backoff_ms_ = 0;
@@ -638,6 +665,383 @@ net::Mac Port::guest_mac_for(const control::EndpointConfig& c) {
   return net::stable_mac(net::read_machine_id(), c.name + "/guest");
 }
 
+/// One transport=stream endpoint on its worker: QEMU's `-netdev stream` framing (4-byte
+/// big-endian length + raw Ethernet frame) on one Unix socket, forwarded to and from the
+/// endpoint's TAP queue. The TAP has no offloads (TUNSETOFFLOAD 0), so the kernel hands
+/// complete frames; its vnet header is read and dropped towards the frontend and written as
+/// zeros towards the TAP.
+///
+/// Buffering is bounded by construction: one reassembly buffer for the frame coming in and
+/// one frame going out, both sized once for QEMU's largest frame. When the TAP says EAGAIN,
+/// vpd stops reading the socket; when the frontend does not read, vpd stops reading the
+/// TAP. Either way the other side's kernel queue holds the rest and the worker goes on
+/// serving its other endpoints.
+class StreamPort final : public Attachment {
+ public:
+  StreamPort(Worker& worker, uint32_t id, control::EndpointConfig config, net::Tap tap, Fd listener,
+             std::shared_ptr<Shared> shared)
+      : Attachment(worker.epoll()),
+        worker_(worker),
+        id_(id),
+        config_(std::move(config)),
+        tap_(std::move(tap)),
+        listener_(std::move(listener)),
+        shared_(std::move(shared)),
+        in_(std::make_unique<stream::Reassembler>()),
+        out_(std::make_unique<OutBuffer>()),
+        hdr_len_(static_cast<size_t>(config_.vnet_hdr_len())) {
+    // Whatever a previous transport left: the header size vpd reads and writes, no offloads
+    // (there is no header on the wire to carry them), no carrier until a frontend connects.
+    if (auto ok = tap_.set_vnet_hdr_size(config_.vnet_hdr_len()); !ok) {
+      log::error(name(), ": ", ok.error().message);
+    }
+    if (auto ok = tap_.set_offload(0); !ok) log::error(name(), ": ", ok.error().message);
+    (void)tap_.set_carrier(false);
+    if (listener_) add_fd(listener_.get(), tag(id_, EventKind::kListener), EPOLLIN);
+    if (!config_.peer.empty()) {
+      redial_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+      add_fd(redial_.get(), tag(id_, EventKind::kRedial), EPOLLIN);
+      dial();
+    }
+    state_dirty_ = true;
+    publish();
+  }
+
+  ~StreamPort() override {
+    redial_after_end_ = false;
+    end_session("endpoint detached");
+    if (listener_) del_fd(listener_.get());
+    if (redial_) del_fd(redial_.get());
+  }
+
+  const std::string& name() const override { return config_.name; }
+  int priority() const override { return config_.priority; }
+  void set_priority(int priority) override { config_.priority = priority; }
+
+  void on_event(EventKind kind, uint16_t, uint32_t events) override {
+    switch (kind) {
+      case EventKind::kListener:
+        accept_frontend();
+        break;
+      case EventKind::kConnection:
+        on_connection(events);
+        break;
+      case EventKind::kTap:
+        on_tap(events);
+        break;
+      case EventKind::kRedial: {
+        uint64_t expirations = 0;
+        (void)!::read(redial_.get(), &expirations, sizeof expirations);
+        if (!conn_) dial();
+        break;
+      }
+      case EventKind::kKick:
+      case EventKind::kWake:
+        break;
+    }
+    publish();
+  }
+
+  void continue_work() override {
+    pending_marked_ = false;
+    if (from_peer_pending_) from_peer();
+    if (to_peer_pending_) to_peer();
+    publish();
+  }
+
+ private:
+  /// One framed frame on its way to the frontend: prefix + frame, and how much is sent.
+  struct OutBuffer {
+    std::array<std::byte, stream::kLengthSize + stream::kMaxFrame> bytes;
+    size_t len = 0;
+    size_t sent = 0;
+  };
+
+  void publish() {
+    std::lock_guard lock(shared_->mutex);
+    SessionView& v = shared_->view;
+    v.counters += local_;
+    local_ = {};
+    if (!state_dirty_) return;
+    state_dirty_ = false;
+    v.state = conn_ ? "connected" : listener_ ? "listening" : redial_ ? "dialing" : "stopped";
+    v.socket = !config_.bind.empty() ? config_.bind : config_.peer;
+    v.sessions = sessions_;
+    v.tun_offloads = 0;
+    shared_->active = false;  // no negotiation: the registry's settings stand
+  }
+
+  void accept_frontend() {
+    for (;;) {
+      Fd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+      if (!conn) return;
+      const auto peer = peer_credentials(conn.get());
+      if (conn_) {
+        log::warning(name(), ": refused a second frontend on ", config_.bind, " (pid ", peer.pid,
+                     "); one is connected");
+        continue;
+      }
+      log::notice(name(), ": stream frontend connected on ", config_.bind, " (uid ", peer.uid,
+                  " pid ", peer.pid, ")");
+      start_session(std::move(conn));
+    }
+  }
+
+  void dial() {
+    auto fd = connect_unix(config_.peer);
+    if (!fd) {
+      arm_redial(redial_.get(), backoff_ms_);
+      return;
+    }
+    backoff_ms_ = 0;
+    ::fcntl(fd->get(), F_SETFL, ::fcntl(fd->get(), F_GETFL) | O_NONBLOCK);
+    log::notice(name(), ": connected to stream frontend at ", config_.peer);
+    start_session(std::move(*fd));
+  }
+
+  void start_session(Fd conn) {
+    conn_ = std::move(conn);
+    in_->clear();
+    out_->len = out_->sent = 0;
+    tap_blocked_ = peer_blocked_ = false;
+    from_peer_pending_ = to_peer_pending_ = false;
+    conn_events_ = tap_events_ = 0;
+    conn_registered_ = false;
+    ++sessions_;
+    (void)tap_.set_carrier(true);
+    state_dirty_ = true;
+    update_interest();
+    to_peer();  // frames already queued in the TAP
+  }
+
+  void end_session(std::string_view why) {
+    if (!conn_) return;
+    if (conn_registered_) del_fd(conn_.get());
+    if (tap_events_) del_fd(tap_.fd());
+    conn_events_ = tap_events_ = 0;
+    conn_registered_ = false;
+    conn_.reset();
+    from_peer_pending_ = to_peer_pending_ = false;
+    std::erase(worker_.pending_, this);
+    pending_marked_ = false;
+    (void)tap_.set_carrier(false);
+    log::notice(name(), ": stream session ended (", why, ")");
+    state_dirty_ = true;
+    if (redial_ && redial_after_end_) dial();
+  }
+
+  /// Socket: readable unless the TAP is full, writable while a frame waits for room; it
+  /// stays registered with an empty mask too, for EPOLLHUP. TAP: readable unless the
+  /// frontend is full, writable while a frame waits for room.
+  void update_interest() {
+    if (!conn_) return;
+    const uint32_t conn_events = (tap_blocked_ ? 0u : static_cast<uint32_t>(EPOLLIN)) |
+                                 (peer_blocked_ ? static_cast<uint32_t>(EPOLLOUT) : 0u);
+    const uint32_t tap_events = (peer_blocked_ ? 0u : static_cast<uint32_t>(EPOLLIN)) |
+                                (tap_blocked_ ? static_cast<uint32_t>(EPOLLOUT) : 0u);
+    const uint64_t ct = tag(id_, EventKind::kConnection);
+    if (!conn_registered_) {
+      add_fd(conn_.get(), ct, conn_events);
+      conn_registered_ = true;
+    } else if (conn_events != conn_events_) {
+      mod_fd(conn_.get(), ct, conn_events);
+    }
+    conn_events_ = conn_events;
+    if (tap_events == tap_events_) return;
+    const uint64_t tt = tag(id_, EventKind::kTap);
+    if (tap_events_ == 0) {
+      add_fd(tap_.fd(), tt, tap_events);
+    } else if (tap_events == 0) {
+      del_fd(tap_.fd());
+    } else {
+      mod_fd(tap_.fd(), tt, tap_events);
+    }
+    tap_events_ = tap_events;
+  }
+
+  void mark_pending() {
+    if (pending_marked_) return;
+    pending_marked_ = true;
+    worker_.mark_pending(this);
+  }
+
+  void on_connection(uint32_t events) {
+    if ((events & EPOLLOUT) && peer_blocked_) {
+      if (!flush_out()) return;
+      if (!peer_blocked_) to_peer();
+      if (!conn_) return;
+    }
+    if (events & EPOLLIN) {
+      from_peer();
+      return;
+    }
+    if (events & (EPOLLHUP | EPOLLERR)) {
+      // Gone while vpd was not reading (the TAP is full): what it sent cannot be delivered.
+      if (in_->pending()) ++local_.stream_truncated;
+      end_session("the frontend closed the connection");
+    }
+  }
+
+  void on_tap(uint32_t events) {
+    if (!conn_) return;
+    if ((events & EPOLLOUT) && tap_blocked_) {
+      tap_blocked_ = false;
+      update_interest();
+      from_peer();
+      if (!conn_) return;
+    }
+    if (events & EPOLLIN) to_peer();
+  }
+
+  /// Frontend → TAP: whole frames out of the reassembly buffer, then more from the socket.
+  void from_peer() {
+    from_peer_pending_ = false;
+    for (int round = 0; round < kRoundsPerWake; ++round) {
+      for (;;) {
+        const stream::Decoded d = in_->next();
+        if (d.status == stream::Decode::kNeedMore) break;
+        if (d.status == stream::Decode::kBadLength) {
+          ++local_.stream_bad_length;
+          if (d.length != 0) ++local_.tx_dropped_too_long;
+          log::warning(name(), ": the stream frontend sent a frame length of ", d.length,
+                       " (allowed: 1-", stream::kMaxFrame, "); closing the connection");
+          end_session("bad frame length");
+          return;
+        }
+        if (d.status == stream::Decode::kRunt) {
+          ++local_.tx_dropped_too_short;
+          continue;
+        }
+        iovec iov[2] = {{const_cast<std::byte*>(kZeroHdr.data()), hdr_len_},
+                        {const_cast<std::byte*>(d.frame.data()), d.frame.size()}};
+        const ssize_t n = ::writev(tap_.fd(), iov, 2);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+          // SPEC(STYLE 5): rewind and wait for EPOLLOUT; stop reading the socket meanwhile.
+          in_->unget(d);
+          ++local_.tx_tap_full;
+          tap_blocked_ = true;
+          update_interest();
+          return;
+        }
+        if (n < 0) {
+          ++local_.tap_write_fails;
+          continue;
+        }
+        ++local_.tx_packets;
+        local_.tx_bytes += d.frame.size();
+      }
+      in_->compact();
+      const auto room = in_->space();
+      const ssize_t n = ::read(conn_.get(), room.data(), room.size());
+      if (n > 0) {
+        in_->commit(static_cast<size_t>(n));
+        continue;
+      }
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+      if (n < 0 && errno == EINTR) continue;
+      if (in_->pending()) ++local_.stream_truncated;
+      end_session(n == 0 ? "the frontend closed the connection" : std::strerror(errno));
+      return;
+    }
+    from_peer_pending_ = true;
+    mark_pending();
+  }
+
+  /// Sends what is left of the frame in out_. False when the session ended.
+  bool flush_out() {
+    while (out_->sent < out_->len) {
+      const ssize_t n = ::send(conn_.get(), out_->bytes.data() + out_->sent, out_->len - out_->sent,
+                               MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (!peer_blocked_) {
+          ++local_.stream_peer_full;
+          peer_blocked_ = true;
+          update_interest();
+        }
+        return true;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        end_session(std::strerror(errno));
+        return false;
+      }
+      out_->sent += static_cast<size_t>(n);
+    }
+    out_->len = out_->sent = 0;
+    if (peer_blocked_) {
+      peer_blocked_ = false;
+      update_interest();
+    }
+    return true;
+  }
+
+  /// TAP → frontend: one frame at a time through out_, as long as the frontend takes them.
+  void to_peer() {
+    to_peer_pending_ = false;
+    std::byte* const frame = out_->bytes.data() + stream::kLengthSize;
+    for (int i = 0; i < kRoundsPerWake * 16; ++i) {
+      if (!conn_ || peer_blocked_) return;
+      iovec iov[2] = {{hdr_in_.data(), hdr_len_}, {frame, stream::kMaxFrame}};
+      const ssize_t n = ::readv(tap_.fd(), iov, 2);
+      if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) ++local_.tap_read_fails;
+        return;
+      }
+      if (static_cast<size_t>(n) < hdr_len_ + stream::kMinFrame) {
+        ++local_.rx_dropped_runt;
+        continue;
+      }
+      const auto len = static_cast<uint32_t>(static_cast<size_t>(n) - hdr_len_);
+      // The TAP has no offloads, so the kernel completes checksums and segments before it
+      // hands a frame over; should one still come partial, finish it here or drop it.
+      const dataplane::NetHdr h = dataplane::decode_net_hdr(hdr_in_);
+      if ((h.gso_type & ~dataplane::kGsoEcn) != dataplane::kGsoNone ||
+          ((h.flags & dataplane::kHdrFNeedsCsum) &&
+           !stream::complete_checksum({frame, len}, h.csum_start, h.csum_offset))) {
+        ++local_.rx_dropped_offload;
+        continue;
+      }
+      stream::encode_length(
+          len, std::span<std::byte, stream::kLengthSize>(out_->bytes.data(), stream::kLengthSize));
+      out_->len = stream::kLengthSize + len;
+      out_->sent = 0;
+      ++local_.rx_packets;
+      local_.rx_bytes += len;
+      if (!flush_out()) return;
+    }
+    to_peer_pending_ = true;
+    mark_pending();
+  }
+
+  static constexpr std::array<std::byte, dataplane::kNetHdrSize> kZeroHdr{};
+
+  Worker& worker_;
+  uint32_t id_;
+  control::EndpointConfig config_;
+  net::Tap tap_;
+  Fd listener_;
+  Fd redial_;
+  std::shared_ptr<Shared> shared_;
+  Fd conn_;
+  std::unique_ptr<stream::Reassembler> in_;  // sized once, for the largest legal frame
+  std::unique_ptr<OutBuffer> out_;
+  std::array<std::byte, dataplane::kNetHdrSize> hdr_in_{};
+  size_t hdr_len_;
+  dataplane::NetCounters local_;
+  uint64_t sessions_ = 0;
+  int backoff_ms_ = 0;
+  uint32_t conn_events_ = 0;
+  uint32_t tap_events_ = 0;
+  bool conn_registered_ = false;
+  bool tap_blocked_ = false;   // the TAP said EAGAIN: the socket is not read until EPOLLOUT
+  bool peer_blocked_ = false;  // the frontend's socket is full: the TAP is not read
+  bool from_peer_pending_ = false;
+  bool to_peer_pending_ = false;
+  bool pending_marked_ = false;
+  bool redial_after_end_ = true;
+  bool state_dirty_ = false;
+};
+
 // Worker ----------------------------------------------------------------------------------
 
 Worker::Worker(unsigned index)
@@ -691,7 +1095,7 @@ void Worker::run_commands() {
   for (auto& fn : batch) fn();
 }
 
-void Worker::add(uint32_t id, std::unique_ptr<Port> port) {
+void Worker::add(uint32_t id, std::unique_ptr<Attachment> port) {
   by_id_[id] = port.get();
   ports_[port->name()] = std::move(port);
   apply_priority();
@@ -759,9 +1163,9 @@ void Worker::run() {
       it->second->on_event(kind, static_cast<uint16_t>(t & 0xffff), events[i].events);
     }
     if (n <= 0 && !pending_.empty()) {
-      std::vector<Port*> now;
+      std::vector<Attachment*> now;
       now.swap(pending_);
-      for (Port* p : now) p->continue_work();
+      for (Attachment* p : now) p->continue_work();
     }
   }
 }
@@ -811,8 +1215,13 @@ void Dataplane::attach(const control::EndpointConfig& config, std::vector<net::T
   auto listener_box = std::make_shared<Fd>(std::move(listener));
   w.call([&w, &config, taps_box, listener_box, shared] {
     const uint32_t id = w.next_id_++;
-    w.add(id, std::make_unique<Port>(w, id, config, std::move(*taps_box), std::move(*listener_box),
-                                     shared));
+    if (config.transport == control::Transport::kStream) {
+      w.add(id, std::make_unique<StreamPort>(w, id, config, std::move(taps_box->front()),
+                                             std::move(*listener_box), shared));
+    } else {
+      w.add(id, std::make_unique<Port>(w, id, config, std::move(*taps_box),
+                                       std::move(*listener_box), shared));
+    }
   });
 }
 

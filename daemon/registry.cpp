@@ -80,7 +80,8 @@ static Result<std::pair<uid_t, gid_t>> socket_ids(const EndpointConfig& c) {
 
 Result<void> Registry::sync_dataplane(Endpoint& e, const EndpointConfig* before,
                                       const EndpointConfig& c) {
-  if (c.transport != control::Transport::kVhostUser || e.tap.fd() < 0) {
+  // transport=tap: the VMM opens the TAP itself; vpd has no data path to run.
+  if (c.transport == control::Transport::kTap || e.tap.fd() < 0) {
     dataplane_.detach(c.name);
     return {};
   }

@@ -49,6 +49,18 @@ struct NetCounters {
   /// Batches that gave buffers back without an interrupt (the driver suppressed it).
   uint64_t interrupts_suppressed = 0;
 
+  // transport=stream (QEMU's length-prefixed framing) only.
+  /// A length prefix of 0 or over 65536+4096: the stream cannot be trusted; vpd closed it.
+  uint64_t stream_bad_length = 0;
+  /// The frontend closed the connection in the middle of a frame (the part was dropped).
+  uint64_t stream_truncated = 0;
+  /// The frontend's socket was full (it does not read): vpd stopped reading the TAP until it
+  /// drains, so the kernel's TAP queue, not vpd, holds (and drops) what follows.
+  uint64_t stream_peer_full = 0;
+  /// A TAP frame that needed an offload the frontend cannot take (GSO, or a partial checksum
+  /// that could not be completed): dropped, never sent corrupt.
+  uint64_t rx_dropped_offload = 0;
+
   NetCounters& operator+=(const NetCounters& other) noexcept;
   bool operator==(const NetCounters&) const = default;
 };
@@ -85,6 +97,10 @@ inline constexpr NetCounterField kNetCounterFields[] = {
     {"kicks", &NetCounters::kicks},
     {"interrupts", &NetCounters::interrupts},
     {"interrupts_suppressed", &NetCounters::interrupts_suppressed},
+    {"stream_bad_length", &NetCounters::stream_bad_length},
+    {"stream_truncated", &NetCounters::stream_truncated},
+    {"stream_peer_full", &NetCounters::stream_peer_full},
+    {"rx_dropped_offload", &NetCounters::rx_dropped_offload},
 };
 
 static_assert(sizeof(NetCounters) == sizeof(uint64_t) * std::size(kNetCounterFields),
