@@ -133,6 +133,9 @@ std::string format_show(const json& e) {
       {"priority", text(e, "priority")},
       {"guest", text(s, "guest")},
   };
+  if (const std::string note = text(s, "peerfeats_note", ""); !note.empty()) {
+    lines.emplace_back("peerfeats note", note);
+  }
   if (auto session = s.find("session"); session != s.end() && session->is_object()) {
     const json& ses = *session;
     lines.emplace_back("negotiated", text(ses, "features"));

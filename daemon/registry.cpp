@@ -11,6 +11,7 @@
 #include <set>
 #include <tuple>
 
+#include "net/ethtool.hpp"
 #include "net/ifname.hpp"
 #include "sys/log.hpp"
 #include "sys/str.hpp"
@@ -234,6 +235,70 @@ Result<void> Registry::ensure_tap(Endpoint& e) {
   return {};
 }
 
+Result<void> Registry::provision_tap(Endpoint& e, const EndpointConfig& c) {
+  const std::string& name = c.name;
+  // No data path in this mode. vpd's own queue (left by another transport) must go too: on
+  // a single-queue TAP it would keep the VMM out (EBUSY), on a multiqueue one the kernel
+  // would steer frames to it that nobody reads. With no queue attached the kernel keeps the
+  // carrier off; the VMM's attach turns it on.
+  dataplane_.detach(name);
+  e.tap.close();
+  auto link = netlink_.find_link(name);
+  if (!link) return std::unexpected(link.error());
+  if (*link && !((*link)->kind == "tun" && (*link)->alias == kAliasMarker)) {
+    return fail("name-taken", str("an interface named ", name,
+                                  " exists and is not a vpd endpoint; vpd will not take it over"));
+  }
+  if (*link && (*link)->carrier) {
+    // The VMM holds it (carrier follows attachment here): opening a queue now would fail
+    // (single queue) or take its frames (multiqueue). Owner and group were set at creation.
+    e.ifindex = (*link)->ifindex;
+    return {};
+  }
+  const bool created = !*link;
+  const bool multi_queue = c.queues > 1;
+  auto tap = net::Tap::open(name, multi_queue);
+  if (!tap) return std::unexpected(tap.error());
+  auto undo = [&](Error err) -> Result<void> {
+    if (created) (void)tap->set_persist(false);
+    return std::unexpected(std::move(err));
+  };
+  if (tap->multi_queue() != multi_queue) {
+    // QEMU asks for IFF_MULTI_QUEUE exactly when queues>1, and the kernel refuses a mismatch.
+    return undo(Error{
+        "conflicting-settings",
+        str(name, ": queues=", c.queues, " needs a ", multi_queue ? "multiqueue" : "single-queue",
+            " TAP, and ", name, " was created ", tap->multi_queue() ? "multiqueue" : "single-queue",
+            " (destroy and create it again, with the transport and queues wanted)")});
+  }
+  auto ids = socket_ids(c);
+  if (!ids) return undo(ids.error());
+  // The kernel lets a process attach only when it matches both the owner and the group
+  // that are set, so owner= alone must not bring in the default group (vpd).
+  if (!c.owner.empty() && c.group.empty()) ids->second = static_cast<gid_t>(-1);
+  if (auto ok = tap->set_persist(true); !ok) return undo(ok.error());
+  if (auto ok = tap->set_owner(ids->first, ids->second); !ok) return undo(ok.error());
+  // peerfeats ∩ toggles give the offloads the TAP starts with; a VMM sets its own (what the
+  // guest negotiated) when it opens the TAP, so here they are only advisory.
+  if (auto applied = tap->set_offload(net::tun_offloads_for(c.features()))) {
+    e.tun_offloads = *applied;
+  } else {
+    return undo(applied.error());
+  }
+  auto info = netlink_.find_link(name);
+  if (!info || !*info) {
+    return undo(info ? Error{"system", str(name, " vanished after TUNSETIFF")} : info.error());
+  }
+  if ((*info)->alias != kAliasMarker) {
+    if (auto ok = netlink_.set_alias((*info)->ifindex, kAliasMarker); !ok) return undo(ok.error());
+  }
+  e.ifindex = (*info)->ifindex;
+  e.vnet_hdr_len = 0;
+  log::info(name, created ? ": created TAP device (ifindex " : ": provisioned TAP device (ifindex ",
+            e.ifindex, ") for a VMM to open by name", multi_queue ? ", multiqueue" : "");
+  return {};  // `tap` closes here: vpd keeps no queue of a transport=tap TAP
+}
+
 Result<void> Registry::realise(Endpoint& e, const EndpointConfig* before,
                                const EndpointConfig& want, std::vector<std::string>* problems) {
   // Strict mode stops at the first failure (the caller undoes); best-effort mode (restore)
@@ -248,11 +313,18 @@ Result<void> Registry::realise(Endpoint& e, const EndpointConfig* before,
     failed = r.error();
     return false;
   };
-  if (!check(ensure_tap(e))) return std::unexpected(*failed);
-  if (e.tap.fd() < 0) return {};  // best effort: nothing more can be done without the TAP
+  const bool provisioned = want.transport == control::Transport::kTap;
+  if (provisioned) {
+    if (!check(provision_tap(e, want))) return std::unexpected(*failed);
+    if (e.ifindex == 0) return {};  // best effort: nothing more can be done without the TAP
+  } else {
+    if (!check(ensure_tap(e))) return std::unexpected(*failed);
+    if (e.tap.fd() < 0) return {};  // best effort: nothing more can be done without the TAP
+  }
   const std::string& name = want.name;
-  // While a guest has negotiated, the worker decides the header length and offloads.
-  const bool guest_decides = dataplane_.session_active(name);
+  // While a guest has negotiated, the worker decides the header length and offloads; with
+  // transport=tap the VMM does, through its own queues.
+  const bool guest_decides = provisioned || dataplane_.session_active(name);
   if (!guest_decides && e.vnet_hdr_len != want.vnet_hdr_len()) {
     if (!check(e.tap.set_vnet_hdr_size(want.vnet_hdr_len()))) return std::unexpected(*failed);
     e.vnet_hdr_len = want.vnet_hdr_len();
@@ -632,6 +704,20 @@ json Registry::describe(const Endpoint& e) {
     status["carrier"] = false;
     status["master"] = "";
     if (link && e.problems.empty()) problems.push_back("the TAP device does not exist");
+  }
+  if (e.config.transport == control::Transport::kTap) {
+    // The VMM owns the data path and sets the TAP's offloads itself: show what the kernel
+    // has now. Carrier is the kernel's: on while a VMM has a queue of the TAP open.
+    if (auto active = net::tun_offloads_active(e.config.name)) {
+      status["tun_offloads"] = net::tun_offload_names(*active);
+    }
+    status["guest"] = status.value("carrier", false)
+                          ? str("attached (a VMM has ", e.config.name, " open)")
+                          : str("not attached (a VMM opens ", e.config.name, " by name)");
+    status["peerfeats_note"] =
+        "advisory: vpd gives the TAP these offloads when it provisions it, and the VMM sets "
+        "its own (what the guest negotiated) when it opens it; tun offloads shows what the "
+        "kernel has now";
   }
   if (auto v = dataplane_.view(e.config.name)) {
     status["guest"] = v->state == "connected" ? "connected" : v->state + " on " + v->socket;

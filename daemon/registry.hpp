@@ -88,6 +88,9 @@ class Registry {
   Result<void> check(const control::EndpointConfig& config, const Endpoint* self);
   /// Opens (adopting or creating) the endpoint's TAP when it is not open.
   Result<void> ensure_tap(Endpoint& e);
+  /// transport=tap: creates or adopts the persistent TAP (multiqueue when queues>1), hands it
+  /// to owner=/group= and lets go of it, so that the VMM opens it by name.
+  Result<void> provision_tap(Endpoint& e, const control::EndpointConfig& config);
   /// Makes the kernel match `want`; `before` is what was applied before (nullptr when
   /// unknown), so that only addresses vpd itself put there are removed.
   /// With `problems`, every failing step is recorded there and the rest still done (used

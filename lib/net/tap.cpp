@@ -119,6 +119,19 @@ Result<unsigned> Tap::set_offload(unsigned flags) {
   return sys_fail(str("TUNSETOFFLOAD ", name_), err);
 }
 
+Result<void> Tap::set_owner(uid_t uid, gid_t gid) {
+  // The kernel refuses (uid_t)-1 (an invalid id): -1 means "leave as it is".
+  if (uid != static_cast<uid_t>(-1) &&
+      ::ioctl(fd_.get(), TUNSETOWNER, static_cast<unsigned long>(uid)) < 0) {
+    return sys_fail(str("TUNSETOWNER ", name_), errno);
+  }
+  if (gid != static_cast<gid_t>(-1) &&
+      ::ioctl(fd_.get(), TUNSETGROUP, static_cast<unsigned long>(gid)) < 0) {
+    return sys_fail(str("TUNSETGROUP ", name_), errno);
+  }
+  return {};
+}
+
 Result<void> Tap::set_carrier(bool on) {
   int carrier = on ? 1 : 0;
   if (::ioctl(fd_.get(), TUNSETCARRIER, &carrier) < 0) {

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <sys/types.h>
+
 #include <string>
 #include <string_view>
 
@@ -36,6 +38,9 @@ class Tap {
   /// TUNSETOFFLOAD with `flags` (vp::net::tun::*). Where the kernel refuses USO (or
   /// UFO), retries without them; returns the flags actually set.
   Result<unsigned> set_offload(unsigned flags);
+  /// TUNSETOWNER and TUNSETGROUP: who besides CAP_NET_ADMIN may attach to this TAP by name
+  /// (transport=tap: the unprivileged VMM). -1 leaves that id as it is.
+  Result<void> set_owner(uid_t uid, gid_t gid);
   /// TUNSETCARRIER: carrier on only while a guest's queues run.
   Result<void> set_carrier(bool on);
   /// Closes the queue fd now.

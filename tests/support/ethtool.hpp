@@ -9,11 +9,12 @@
 #include <string>
 #include <string_view>
 
+#include "net/ethtool.hpp"
+
 namespace vp::test {
 
-/// Every feature of `ifname` by name, true when active; nullopt when they cannot be read
-/// (no such interface, no permission).
-std::optional<std::map<std::string, bool>> device_features(const std::string& ifname);
+/// Every feature of `ifname` by name (lib/net/ethtool.hpp, which vpd uses too).
+using net::device_features;
 
 /// Whether the feature `feature` of `ifname` is active; nullopt when the features cannot
 /// be read or the kernel has no feature of that name.
