@@ -109,8 +109,12 @@ std::string format_show(const json& e) {
   if (link == "up") {
     link += s.value("carrier", false) ? ", carrier on" : ", no carrier (no guest attached)";
   }
+  const bool stream = text(e, "transport") == "stream";
   std::string peerfeats = text(e, "peerfeats", "");
-  if (peerfeats.empty()) peerfeats = "default (everything vpd supports)";
+  if (peerfeats.empty()) {
+    peerfeats = stream ? "0 (a stream carries no virtio-net header, so no offloads)"
+                       : "default (everything vpd supports)";
+  }
   std::vector<std::pair<std::string, std::string>> lines{
       {"name", text(e, "name")},
       {"transport", text(e, "transport")},
@@ -136,7 +140,10 @@ std::string format_show(const json& e) {
   if (const std::string note = text(s, "peerfeats_note", ""); !note.empty()) {
     lines.emplace_back("peerfeats note", note);
   }
-  if (auto session = s.find("session"); session != s.end() && session->is_object()) {
+  if (auto session = s.find("session"); session != s.end() && session->is_object() && stream) {
+    lines.emplace_back("framing", "QEMU stream: 4-byte big-endian length, raw Ethernet frame");
+    lines.emplace_back("sessions", text(*session, "sessions"));
+  } else if (session != s.end() && session->is_object()) {
     const json& ses = *session;
     lines.emplace_back("negotiated", text(ses, "features"));
     lines.emplace_back("ring", text(ses, "ring"));

@@ -309,6 +309,34 @@ TEST(FormatShow, stream_legacy_endpoint) {
   EXPECT_EQ(show_value(out, "declared"), "at run time (vpctl)");
 }
 
+TEST(FormatShow, connected_stream_endpoint_shows_its_framing_not_virtqueues) {
+  control::EndpointConfig c = long_named();
+  c.peerfeats.reset();
+  json j = described(c, "up", true, 0);
+  j["status"]["guest"] = "connected";
+  j["status"]["session"] = json{
+      {"features", "none"}, {"ring", "-"},           {"queues_running", 0},           {"queues", 0},
+      {"sessions", 3},      {"refused_messages", 0}, {"broken_queues", json::array()}};
+  const std::string out = format_show(j);
+  EXPECT_EQ(show_value(out, "peerfeats"),
+            "0 (a stream carries no virtio-net header, so no offloads)");
+  EXPECT_EQ(show_value(out, "framing"),
+            "QEMU stream: 4-byte big-endian length, raw Ethernet frame");
+  EXPECT_EQ(show_value(out, "sessions"), "3");
+  EXPECT_EQ(show_line(out, "queues running"), "");
+  EXPECT_EQ(show_line(out, "ring"), "");
+}
+
+TEST(FormatShow, tap_transport_explains_that_peerfeats_is_advisory) {
+  json j = described(tap_only(), "up", true, net::tun::kCsum);
+  j["status"]["peerfeats_note"] = "advisory: the VMM sets its own";
+  const std::string out = format_show(j);
+  EXPECT_EQ(show_value(out, "peerfeats note"), "advisory: the VMM sets its own");
+  EXPECT_EQ(show_value(out, "tun offloads"), "CSUM");
+  // Other endpoints have no such line.
+  EXPECT_EQ(show_line(format_show(described(vp0(), "up", true, 0)), "peerfeats note"), "");
+}
+
 TEST(FormatShow, link_up_without_carrier_says_no_guest) {
   const std::string out = format_show(described(vp0(), "up", false, 0));
   EXPECT_EQ(show_value(out, "link"), "up, no carrier (no guest attached)");
