@@ -3,8 +3,9 @@
 # installs it on this machine with dpkg -i, checks what it installed (files,
 # conffile, group vpd, directories, vpd --version, man pages, bash
 # completion, the installed vpd working with only the unit's capabilities),
-# installs it again over itself (an upgrade's maintainer scripts), then purges
-# it and checks that nothing of it is left.
+# installs it again over itself (an upgrade: maintainer scripts, conffile, and
+# an endpoint of the installed vpd kept across it), then purges it and checks
+# that nothing of it is left.
 #
 #   usage: package_test.sh BUILD_DIR     (the .deb is built in BUILD_DIR/package)
 #
@@ -56,6 +57,7 @@ indent() { sed "s/^/    $1 /"; }
 
 tmp=$(mktemp -d -t package-test.XXXXXX)
 vpd_pid=""
+netns=vpd-package-test
 group_existed=0
 getent group vpd >/dev/null && group_existed=1
 [[ -f $out/group-created-by-package-test ]] && group_existed=0
@@ -83,6 +85,7 @@ purge() {
 }
 cleanup() {
   [[ -n $vpd_pid ]] && kill "$vpd_pid" 2>/dev/null && wait "$vpd_pid" 2>/dev/null
+  ip netns del "$netns" 2>/dev/null
   if [[ -f $marker ]]; then
     purge >/dev/null 2>&1 && rm -f "$marker"
   fi
@@ -97,7 +100,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 
-# A leftover of an interrupted run goes first.
+# Leftovers of an interrupted run go first.
+ip netns del "$netns" 2>/dev/null
 if [[ -f $marker ]]; then
   echo "(purging the vpd package an interrupted run left installed)"
   purge | indent '|'
@@ -349,7 +353,38 @@ wait "$vpd_pid" 2>/dev/null
 vpd_pid=""
 
 # ---------------------------------------------------------------------------
-section "dpkg -i again over the installed package (an upgrade's scripts)"
+section "dpkg -i again over the installed package (an upgrade), endpoints kept"
+# vpd as the service runs it (default config, /run/vpd, /var/lib/vpd, the unit's
+# capabilities), but in a network namespace of the test's own; stopped before the
+# upgrade and started after it, as systemd would.
+ip netns add "$netns" || fail "ip netns add $netns"
+ip -n "$netns" link add vpbr0 type bridge && ip -n "$netns" link set vpbr0 up
+start_service_vpd() {
+  ip netns exec "$netns" setpriv --bounding-set "-all,$caps" --inh-caps -all -- \
+    /usr/sbin/vpd >>"$tmp/service-vpd.log" 2>&1 &
+  vpd_pid=$!
+  for _ in $(seq 100); do
+    /usr/bin/vpctl list >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  fail "the installed vpd did not answer on /run/vpd/control.sock"
+  indent '|' <"$tmp/service-vpd.log"
+  return 1
+}
+stop_service_vpd() {
+  kill "$vpd_pid" 2>/dev/null
+  wait "$vpd_pid" 2>/dev/null
+  vpd_pid=""
+}
+mac_of_vp0() {
+  /usr/bin/vpctl --json vp0 2>/dev/null | sed -n 's/^ *"mac": *"\([^"]*\)".*/\1/p' | head -n 1
+}
+start_service_vpd
+/usr/bin/vpctl vp0 create bridge=vpbr0 address=10.9.8.1/24 up >/dev/null 2>&1 ||
+  fail "vpctl vp0 create bridge=vpbr0 address=10.9.8.1/24 up"
+mac_before=$(mac_of_vp0)
+stop_service_vpd
+
 echo "# changed by package_test.sh" >>/etc/vpd/vpd.conf
 gid_before=$gid
 if out_i=$(DEBIAN_FRONTEND=noninteractive dpkg_locked dpkg -i "$deb"); then
@@ -358,6 +393,21 @@ else
   fail "dpkg -i over itself failed"
   indent '|' <<<"$out_i"
 fi
+start_service_vpd
+mac_after=$(mac_of_vp0)
+if [[ -n $mac_before && $mac_after == "$mac_before" ]]; then
+  pass "vp0 is back after the upgrade with the same MAC ($mac_after)"
+else
+  fail "vp0 after the upgrade: MAC '$mac_after', before '$mac_before'"
+fi
+link=$(ip -n "$netns" -o link show vp0 2>&1)
+addr=$(ip -n "$netns" -o addr show dev vp0 2>&1)
+if [[ $link == *"master vpbr0"* && $addr == *"10.9.8.1/24"* ]]; then
+  pass "vp0 is still a port of vpbr0 with 10.9.8.1/24"
+else
+  fail "vp0 after the upgrade: '$link' '$addr'"
+fi
+stop_service_vpd
 grep -q '^# changed by package_test.sh' /etc/vpd/vpd.conf &&
   pass "the changed conffile /etc/vpd/vpd.conf is kept" ||
   fail "the changed /etc/vpd/vpd.conf was overwritten"
