@@ -252,6 +252,11 @@ Result<void> Registry::provision_tap(Endpoint& e, const EndpointConfig& c) {
   if (*link && (*link)->carrier) {
     // The VMM holds it (carrier follows attachment here): opening a queue now would fail
     // (single queue) or take its frames (multiqueue). Owner and group were set at creation.
+    if (e.config.owner != c.owner || e.config.group != c.group) {
+      log::notice(name, ": a VMM holds the TAP; the new owner/group apply from the next time ",
+                  "vpd provisions it (after the VMM let go and vpd restarted or `vpctl ", name,
+                  "` changed it again)");
+    }
     e.ifindex = (*link)->ifindex;
     return {};
   }
