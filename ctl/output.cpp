@@ -213,6 +213,10 @@ std::string format_vmm_args(const json& e) {
     out += "  -netdev stream,id=" + name + ",server=" + (!bind.empty() ? "off" : "on") +
            ",addr.type=unix,addr.path=" + addr + "\n";
     out += "  -device virtio-net-pci,netdev=" + name + ",mac=" + guest_mac + "\n";
+    out += !bind.empty()
+               ? "  (QEMU 8.0 and later: add reconnect=1 to -netdev so that QEMU reconnects "
+                 "after vpd restarts; 7.2 cannot)\n"
+               : "  (vpd dials the socket QEMU serves, and dials again after a disconnect)\n";
   } else {
     out += "QEMU (in the network namespace that holds " + name + "):\n";
     out += "  -netdev tap,id=" + name + ",ifname=" + name + ",script=no,downscript=no" +

@@ -396,6 +396,15 @@ TEST(FormatVmmArgs, stream_and_tap_transports_use_their_netdevs) {
                        "-netdev stream,id=vp0,server=off,addr.type=unix,"
                        "addr.path=/run/vpd/vp0.sock"))
       << stream;
+  EXPECT_TRUE(contains(stream, "reconnect=1")) << "how QEMU 8.0+ survives a vpd restart";
+  EXPECT_FALSE(contains(stream, "vectors=0")) << "the TCG workaround is vhost-user's only";
+  s.bind.clear();
+  s.peer = "/run/qemu/g1.sock";
+  const std::string served = format_vmm_args(with_guest_mac(described(s, "up", false, 0)));
+  EXPECT_TRUE(contains(served,
+                       "-netdev stream,id=vp0,server=on,addr.type=unix,"
+                       "addr.path=/run/qemu/g1.sock"))
+      << served;
   control::EndpointConfig t = vp0();
   t.transport = control::Transport::kTap;
   t.bind.clear();
