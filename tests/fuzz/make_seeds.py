@@ -209,7 +209,19 @@ def text_seeds():
     write("control_json_fuzz", "state", json.dumps({"version": 1, "endpoints": [{**ep, "declared": "vp0 bind=/run/vpd/vp0.sock up"}]}, indent=2) + "\n")
 
 
+# --- stream framing (stream_framing_fuzz.cpp) ---------------------------------------------
+def stream_seeds():
+    frame = lambda n: struct.pack(">I", n) + eth(n)
+    write("stream_framing_fuzz", "three-frames", u16(34) + u16(16) + u8(2) + u16(3) + u16(100) +
+          frame(60) + frame(1514) + frame(61))
+    write("stream_framing_fuzz", "runt-then-frame", u16(20) + u16(6) + u8(1) + u16(7) +
+          struct.pack(">I", 5) + bytes(5) + frame(64))
+    write("stream_framing_fuzz", "bad-length", u16(0) + u16(0) + u8(0) + frame(60) +
+          struct.pack(">I", 4096 + 65537))
+
+
 if __name__ == "__main__":
+    stream_seeds()
     queue_seeds()
     net_seeds()
     vhost_seeds()
