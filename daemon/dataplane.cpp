@@ -262,9 +262,12 @@ class Port final : public Attachment, public vhost::Device {
   }
   uint64_t protocol_features() const override {
     using vhost::ProtocolFeature;
+    // CONFIG: GET_CONFIG reads the virtio-net config space (mac, status, max_virtqueue_pairs,
+    // mtu) for front-ends that ask the device (crosvm, DPDK virtio-user); QEMU's net device
+    // does not ack it and uses its own.
     uint64_t f = vhost::bit(ProtocolFeature::kMq) | vhost::bit(ProtocolFeature::kRarp) |
                  vhost::bit(ProtocolFeature::kReplyAck) | vhost::bit(ProtocolFeature::kNetMtu) |
-                 vhost::bit(ProtocolFeature::kStatus);
+                 vhost::bit(ProtocolFeature::kStatus) | vhost::bit(ProtocolFeature::kConfig);
     // QEMU before 8.0 sends ADD_MEM_REG/REM_MEM_REG once per queue pair (its vhost_dev per
     // pair; later versions send them once, like SET_MEM_TABLE). The engine refuses the second
     // copy of a region as an overlap, and QEMU then gives up vhost for the NIC. With several
@@ -299,9 +302,18 @@ class Port final : public Attachment, public vhost::Device {
   void on_queue_started(uint32_t index) override {
     if (index >= num_queues()) return;
     vhost::Vring& v = backend_->vring(index);
-    add_fd(v.kick.get(), tag(id_, EventKind::kKick, static_cast<uint16_t>(index)), EPOLLIN);
     const uint32_t p = index / 2;
     Pair& pair = pairs_[p];
+    if (!v.enabled) {
+      // SPEC: vhost-user.rst "Ring states": a started but disabled ring supplies no RX and
+      // processes and discards TX. The pair's TAP queue takes no part meanwhile.
+      if (is_rx(index)) return;
+      add_fd(v.kick.get(), tag(id_, EventKind::kKick, static_cast<uint16_t>(index)), EPOLLIN);
+      pair.tx_discarding = true;
+      run_tx(p);
+      return;
+    }
+    add_fd(v.kick.get(), tag(id_, EventKind::kKick, static_cast<uint16_t>(index)), EPOLLIN);
     (is_rx(index) ? pair.rx_running : pair.tx_running) = true;
     state_dirty_ = true;
     update_tap(p);
@@ -316,12 +328,18 @@ class Port final : public Attachment, public vhost::Device {
     if (index >= num_queues()) return;
     const uint32_t p = index / 2;
     Pair& pair = pairs_[p];
+    if (!is_rx(index) && pair.tx_discarding) {
+      del_fd(backend_->vring(index).kick.get());
+      pair.tx_discarding = pair.tx_pending = false;
+      return;
+    }
     bool& running = is_rx(index) ? pair.rx_running : pair.tx_running;
     if (!running) return;
     del_fd(backend_->vring(index).kick.get());
     running = false;
     if (is_rx(index)) {
       pair.rx_pending = pair.rx_paused = false;
+      pair.rx_hold.len = 0;  // a frame for a ring that stopped: its guest may never take it
     } else {
       pair.tx_pending = pair.tx_blocked = false;
     }
@@ -402,6 +420,11 @@ class Port final : public Attachment, public vhost::Device {
     bool tx_pending = false;  // budget used up: continue_work() carries on
     bool rx_pending = false;
     uint32_t tap_events = 0;  // epoll interest registered for the TAP queue
+
+    // transmitq p is started but disabled (SET_VRING_ENABLE 0): its chains are discarded.
+    bool tx_discarding = false;
+    // A frame read while the guest was refilling receiveq p, until it posts enough.
+    dataplane::RxHold rx_hold;
   };
 
   // SPEC: virtio 1.2 §5.1.2: receiveqN is virtqueue 2(N-1), transmitqN is 2(N-1)+1.
@@ -559,7 +582,7 @@ class Port final : public Attachment, public vhost::Device {
     if (queue >= num_queues()) return;
     const uint32_t p = queue / 2u;
     Pair& pair = pairs_[p];
-    if (!(is_rx(queue) ? pair.rx_running : pair.tx_running)) return;
+    if (!(is_rx(queue) ? pair.rx_running : pair.tx_running || pair.tx_discarding)) return;
     dataplane::consume_kick(backend_->vring(queue).kick.get(), local_);
     if (!is_rx(queue)) {
       run_tx(p);
@@ -591,14 +614,16 @@ class Port final : public Attachment, public vhost::Device {
 
   void run_tx(uint32_t p) {
     Pair& pair = pairs_[p];
-    if (!pair.tx_running) return;
+    if (!pair.tx_running && !pair.tx_discarding) return;
     vhost::Vring& v = backend_->vring(2 * p + 1);
     pair.tx_pending = false;
     for (int round = 0; round < kRoundsPerWake; ++round) {
       const dataplane::ForwardResult r = std::visit(
           [&](auto& q) {
-            return dataplane::forward_tx(q, pair.tap.fd(), v.call.get(), session_,
-                                         worker_.scratch(), local_);
+            return pair.tx_discarding
+                       ? dataplane::discard_tx(q, v.call.get(), session_, worker_.scratch(), local_)
+                       : dataplane::forward_tx(q, pair.tap.fd(), v.call.get(), session_,
+                                               worker_.scratch(), local_);
           },
           v.queue);
       if (r.status == dataplane::ForwardStatus::kBudget) continue;
@@ -622,7 +647,7 @@ class Port final : public Attachment, public vhost::Device {
       const dataplane::ForwardResult r = std::visit(
           [&](auto& q) {
             return dataplane::forward_rx(q, pair.tap.fd(), v.call.get(), session_,
-                                         worker_.scratch(), local_);
+                                         worker_.scratch(), local_, &pair.rx_hold);
           },
           v.queue);
       if (r.status == dataplane::ForwardStatus::kBudget) continue;

@@ -85,6 +85,23 @@ class NetScratch {
   std::byte tx_header_[kNetHdrSize] = {};
 };
 
+/// One RX queue's place for a frame the TAP handed over while the guest had posted too few
+/// buffers to hold it (mergeable buffers only). tun cannot say how long the next frame is and
+/// a read cannot be undone, so a read into a short pool overflows here instead of being
+/// dropped; the frame is delivered (one copy more) once the guest has posted enough. Owned by
+/// the worker that owns the queue; the constructor allocates, nothing else does.
+class RxHold {
+ public:
+  RxHold() : buffer_(std::make_unique<std::byte[]>(kCapacity)) {}
+  static constexpr std::size_t kCapacity = kNetHdrSize + kMaxFrameSize;
+  std::span<std::byte> buffer() noexcept { return {buffer_.get(), kCapacity}; }
+  /// Bytes held (virtio header included); 0 when nothing is held.
+  uint32_t len = 0;
+
+ private:
+  std::unique_ptr<std::byte[]> buffer_;
+};
+
 /// Why a forward call returned; what the worker should wait for next.
 enum class ForwardStatus : uint8_t {
   kIdle,         ///< TX: ring empty, kicks enabled. RX: TAP empty (wait for EPOLLIN)
@@ -131,16 +148,26 @@ template <virtio::Virtqueue Q>
 ForwardResult forward_tx(Q& q, int tap_fd, int call_fd, const NetSession& s, NetScratch& scratch,
                          NetCounters& c) noexcept;
 
+/// A transmit ring that is started but disabled (vhost-user SET_VRING_ENABLE 0): pops up to
+/// s.budget chains and gives each back with length 0, counted in tx_dropped_ring_disabled;
+/// nothing reaches the TAP. Statuses as forward_tx() (never kTapFull).
+template <virtio::Virtqueue Q>
+ForwardResult discard_tx(Q& q, int call_fd, const NetSession& s, NetScratch& scratch,
+                         NetCounters& c) noexcept;
+
 /// TAP → guest (virtqueue 2i). Reads up to s.budget frames from `tap_fd`, each with one readv
 /// straight into guest buffers: one chain per frame, or with MRG_RXBUF as many as the frame
 /// needs (num_buffers written into the header). Buffers are popped ahead to cover
 /// s.hdr_len + s.max_rx_frame; a frame that turns out larger than what was offered is dropped
-/// and counted, never delivered truncated. Buffers popped and not filled are put back before
-/// returning. With no buffer at all the frame stays in the TAP (kNoBuffers; kicks enabled,
-/// with the re-check against the race). Publishes once and signals `call_fd` at most once.
+/// and counted, never delivered truncated — except that with MRG_RXBUF and a `hold`, a frame
+/// read while the ring ran dry before the pool covered that size is kept in `hold` and
+/// delivered first once the guest has posted enough (kNoBuffers until then). Buffers popped
+/// and not filled are put back before returning. With no buffer at all the frame stays in the
+/// TAP (kNoBuffers; kicks enabled, with the re-check against the race). Publishes once and
+/// signals `call_fd` at most once.
 template <virtio::Virtqueue Q>
 ForwardResult forward_rx(Q& q, int tap_fd, int call_fd, const NetSession& s, NetScratch& scratch,
-                         NetCounters& c) noexcept;
+                         NetCounters& c, RxHold* hold = nullptr) noexcept;
 
 /// Reads a kick eventfd (non-blocking): true and kicks++ if it was signalled.
 bool consume_kick(int kick_fd, NetCounters& c) noexcept;

@@ -21,10 +21,11 @@
 // shorter than the virtio header fails with EINVAL and drops the frame too. So:
 //  - buffers are popped ahead until they cover hdr_len + max_rx_frame (MRG_RXBUF) or one
 //    chain (without it), and kept across frames of one call (a pool in the scratch array);
-//  - when the ring runs dry before the pool covers that, nothing is read: the frame could
-//    be the large one, and a read cannot be undone. The pool goes back on the ring and the
-//    RX kick resumes once the guest added buffers (as with an empty ring). Only a pool that
-//    holds the whole ring is read from anyway, since the guest cannot offer more;
+//  - when the ring runs dry before the pool covers that (the guest is refilling), the read
+//    still goes ahead — small frames must not wait — but overflows into the queue's RxHold
+//    instead of the probe: a frame that did not fit is kept there and delivered first once
+//    the guest has posted enough (kNoBuffers until then), not lost. A pool that holds the
+//    whole ring reads with the probe: the guest cannot post more;
 //  - every readv ends with a probe element past the guest buffers: a frame that reaches it
 //    did not fit, and is dropped and counted instead of being delivered truncated;
 //  - what is left in the pool when the call ends is put back on the ring (unpop, or
@@ -47,11 +48,13 @@ bool tap_readable(int fd) noexcept {
 template <virtio::Virtqueue Q>
 class RxRun {
  public:
-  RxRun(Q& q, int tap_fd, const NetSession& s, NetScratch& scratch, NetCounters& c) noexcept
+  RxRun(Q& q, int tap_fd, const NetSession& s, NetScratch& scratch, NetCounters& c,
+        RxHold* hold) noexcept
       : q_(q),
         tap_fd_(tap_fd),
         s_(s),
         c_(c),
+        hold_(s.mrg_rxbuf ? hold : nullptr),
         iov_(scratch.iov().first(std::min(scratch.iov().size(), detail::kIovMax))),
         bufs_(scratch.rx_buffers()),
         probe_(scratch.probe()),
@@ -64,8 +67,11 @@ class RxRun {
   enum class TopUp : uint8_t { kCovered, kScratchFull, kRingEmpty };
 
   uint32_t pool_count() const noexcept { return buf_end_ - buf_begin_; }
+  /// Bytes of the frame kept in the hold, 0 if none.
+  uint32_t held() const noexcept { return hold_ != nullptr ? hold_->len : 0; }
   bool pool_covers() const noexcept {
-    return s_.mrg_rxbuf ? pool_bytes_ >= uint64_t{s_.hdr_len} + s_.max_rx_frame : pool_count() != 0;
+    if (!s_.mrg_rxbuf) return pool_count() != 0;
+    return pool_bytes_ >= (held() != 0 ? held() : uint64_t{s_.hdr_len} + s_.max_rx_frame);
   }
   /// True when the pool holds every slot of the ring: the guest cannot add a buffer before
   /// some are used.
@@ -77,12 +83,15 @@ class RxRun {
   void compact() noexcept;
   TopUp top_up() noexcept;
   void deliver(uint32_t n) noexcept;
+  void keep(uint32_t n) noexcept;
+  void deliver_held() noexcept;
   void give_back_leftovers() noexcept;
 
   Q& q_;
   const int tap_fd_;
   const NetSession& s_;
   NetCounters& c_;
+  RxHold* const hold_;          // mergeable buffers only
   const std::span<iovec> iov_;  // pool elements, then one slot for the probe
   const std::span<RxBuffer> bufs_;
   const std::span<std::byte> probe_;
@@ -186,6 +195,26 @@ void RxRun<Q>::deliver(uint32_t n) noexcept {
 }
 
 template <virtio::Virtqueue Q>
+void RxRun<Q>::keep(uint32_t n) noexcept {
+  // The read filled every pooled buffer, in pool order, and put the rest at the start of the
+  // hold: make the hold the whole frame. The buffers go back unused.
+  const std::span<std::byte> h = hold_->buffer();
+  const auto in_pool = static_cast<std::size_t>(pool_bytes_);
+  std::memmove(h.data() + in_pool, h.data(), n - in_pool);
+  detail::gather(iov_.subspan(iov_begin_, iov_end_ - iov_begin_), h.first(in_pool));
+  hold_->len = n;
+  ++c_.rx_frames_held;
+}
+
+template <virtio::Virtqueue Q>
+void RxRun<Q>::deliver_held() noexcept {
+  const uint32_t n = hold_->len;
+  detail::scatter(iov_.subspan(iov_begin_, iov_end_ - iov_begin_), 0, hold_->buffer().first(n));
+  hold_->len = 0;
+  deliver(n);
+}
+
+template <virtio::Virtqueue Q>
 void RxRun<Q>::give_back_leftovers() noexcept {
   // Called with no pinned buffer left: everything in the pool was popped after every chain
   // that went back, and nothing else is in flight.
@@ -219,10 +248,22 @@ ForwardResult RxRun<Q>::run(int call_fd) noexcept {
       result_.status = ForwardStatus::kQueueStopped;
       break;
     }
-    // GUEST: a short pool is read from only when the guest cannot add to it; otherwise the
-    // next frame might not fit and would be lost (tun drops what a read cannot take).
-    const bool short_pool = topped == TopUp::kRingEmpty && !pool_holds_ring();
-    if (pool_count() == 0 || short_pool) {
+    // GUEST: can the ring ever offer more? Not once the pool holds all of it.
+    const bool ring_dry = topped == TopUp::kRingEmpty && !pool_holds_ring();
+    if (held() != 0) {
+      if (pool_covers()) {
+        deliver_held();
+        continue;
+      }
+      if (!ring_dry) {
+        // The guest's buffers can never cover it (the whole ring, or the scratch arrays, are
+        // too small): dropped after all, and the TAP is read again.
+        hold_->len = 0;
+        ++c_.rx_dropped_too_big;
+        continue;
+      }
+    }
+    if (pool_count() == 0 || held() != 0) {
       // The race: buffers added after our last look but before the driver saw the request
       // for kicks. Bounded, in case a guest keeps offering only malformed chains.
       if (q_.enable_notifications()) {
@@ -230,8 +271,9 @@ ForwardResult RxRun<Q>::run(int call_fd) noexcept {
         q_.disable_notifications();
         continue;
       }
-      // Leave the frame in the TAP; the RX kick resumes. Counted only if one is waiting.
-      if (tap_readable(tap_fd_)) {
+      // Leave the frame in the TAP (or the hold); the RX kick resumes. Counted only if one
+      // is waiting.
+      if (held() != 0 || tap_readable(tap_fd_)) {
         ++c_.no_rx_avail_buffer;
         result_.status = ForwardStatus::kNoBuffers;
       } else {
@@ -239,8 +281,11 @@ ForwardResult RxRun<Q>::run(int call_fd) noexcept {
       }
       break;
     }
-    // The pool's elements, then the probe: a frame that reaches the probe did not fit.
-    iov_[iov_end_] = iovec{probe_.data(), probe_.size()};
+    // The pool's elements, then where an overflow goes: the hold while the guest is still
+    // refilling (mergeable buffers), else the probe (a frame that reaches it did not fit).
+    const bool keep_overflow = hold_ != nullptr && ring_dry;
+    iov_[iov_end_] = keep_overflow ? iovec{hold_->buffer().data(), RxHold::kCapacity}
+                                   : iovec{probe_.data(), probe_.size()};
     const ssize_t n =
         ::readv(tap_fd_, iov_.data() + iov_begin_, static_cast<int>(iov_end_ - iov_begin_ + 1));
     if (n < 0) {
@@ -259,8 +304,13 @@ ForwardResult RxRun<Q>::run(int call_fd) noexcept {
       break;
     }
     ++reads;
-    // The pooled buffers keep whatever the dropped frame left in them; still not used.
     if (static_cast<uint64_t>(n) > pool_bytes_) {
+      // GUEST: at most the hold's capacity arrives past the pool.
+      if (keep_overflow && static_cast<std::size_t>(n) <= RxHold::kCapacity) {
+        keep(static_cast<uint32_t>(n));  // delivered once the guest posts enough
+        continue;
+      }
+      // The pooled buffers keep whatever the dropped frame left in them; still not used.
       ++c_.rx_dropped_too_big;
       continue;
     }
@@ -290,16 +340,16 @@ ForwardResult RxRun<Q>::run(int call_fd) noexcept {
 
 template <virtio::Virtqueue Q>
 ForwardResult forward_rx(Q& q, int tap_fd, int call_fd, const NetSession& s, NetScratch& scratch,
-                         NetCounters& c) noexcept {
-  RxRun<Q> run(q, tap_fd, s, scratch, c);
+                         NetCounters& c, RxHold* hold) noexcept {
+  RxRun<Q> run(q, tap_fd, s, scratch, c, hold);
   return run.run(call_fd);
 }
 
 template ForwardResult forward_rx<virtio::SplitQueue>(virtio::SplitQueue&, int, int,
-                                                      const NetSession&, NetScratch&,
-                                                      NetCounters&) noexcept;
+                                                      const NetSession&, NetScratch&, NetCounters&,
+                                                      RxHold*) noexcept;
 template ForwardResult forward_rx<virtio::PackedQueue>(virtio::PackedQueue&, int, int,
-                                                       const NetSession&, NetScratch&,
-                                                       NetCounters&) noexcept;
+                                                       const NetSession&, NetScratch&, NetCounters&,
+                                                       RxHold*) noexcept;
 
 }  // namespace vp::dataplane

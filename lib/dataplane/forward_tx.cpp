@@ -102,11 +102,11 @@ TxOutcome send_one(const virtio::Chain& chain, int tap_fd, const NetSession& s,
   return TxOutcome::kSent;
 }
 
-}  // namespace
-
-template <virtio::Virtqueue Q>
-ForwardResult forward_tx(Q& q, int tap_fd, int call_fd, const NetSession& s, NetScratch& scratch,
-                         NetCounters& c) noexcept {
+/// Pops chains until the ring is empty (then kicks are enabled: kIdle), the budget is used
+/// (kBudget) or `handle` says stop; `handle(chain)` returns the outcome of one chain.
+template <virtio::Virtqueue Q, class Handle>
+ForwardResult drain_tx(Q& q, int call_fd, const NetSession& s, NetScratch& scratch, NetCounters& c,
+                       Handle handle) noexcept {
   ForwardResult r;
   if (!q.ready()) {
     r.status = ForwardStatus::kQueueStopped;
@@ -141,7 +141,7 @@ ForwardResult forward_tx(Q& q, int tap_fd, int call_fd, const NetSession& s, Net
       r.status = ForwardStatus::kIdle;
       break;
     }
-    const TxOutcome outcome = send_one(*chain, tap_fd, s, scratch.tx_header(), c);
+    const TxOutcome outcome = handle(*chain);
     if (outcome == TxOutcome::kTapFull) {
       // STYLE 5: rewind and wait for EPOLLOUT. unpop() is valid: nothing touched the queue
       // since this pop.
@@ -159,6 +159,31 @@ ForwardResult forward_tx(Q& q, int tap_fd, int call_fd, const NetSession& s, Net
   return r;
 }
 
+}  // namespace
+
+template <virtio::Virtqueue Q>
+ForwardResult forward_tx(Q& q, int tap_fd, int call_fd, const NetSession& s, NetScratch& scratch,
+                         NetCounters& c) noexcept {
+  return drain_tx(q, call_fd, s, scratch, c, [&](const virtio::Chain& chain) noexcept {
+    return send_one(chain, tap_fd, s, scratch.tx_header(), c);
+  });
+}
+
+template <virtio::Virtqueue Q>
+ForwardResult discard_tx(Q& q, int call_fd, const NetSession& s, NetScratch& scratch,
+                         NetCounters& c) noexcept {
+  // SPEC: vhost-user.rst "Ring states": on a disabled ring a net device must process and
+  // discard TX.
+  return drain_tx(q, call_fd, s, scratch, c, [&](const virtio::Chain&) noexcept {
+    ++c.tx_dropped_ring_disabled;
+    return TxOutcome::kDropped;
+  });
+}
+
+template ForwardResult discard_tx<virtio::SplitQueue>(virtio::SplitQueue&, int, const NetSession&,
+                                                      NetScratch&, NetCounters&) noexcept;
+template ForwardResult discard_tx<virtio::PackedQueue>(virtio::PackedQueue&, int, const NetSession&,
+                                                       NetScratch&, NetCounters&) noexcept;
 template ForwardResult forward_tx<virtio::SplitQueue>(virtio::SplitQueue&, int, int,
                                                       const NetSession&, NetScratch&,
                                                       NetCounters&) noexcept;

@@ -26,6 +26,9 @@ struct NetCounters {
   uint64_t tx_dropped_hdr_len_past_frame = 0;
   uint64_t tap_write_fails = 0;  ///< writev failed (not EAGAIN): frame dropped, chain returned
   uint64_t tx_tap_full = 0;      ///< writev said EAGAIN: chain rewound, wait for EPOLLOUT
+  /// TX chains on a ring the front-end disabled (SET_VRING_ENABLE 0): given back unsent, as
+  /// the vhost-user spec asks of a net device.
+  uint64_t tx_dropped_ring_disabled = 0;
 
   // TAP → guest.
   uint64_t rx_packets = 0;  ///< frames delivered into guest buffers
@@ -41,7 +44,10 @@ struct NetCounters {
   /// them) and were given back with length 0; the guest counts them as length errors.
   uint64_t rx_buffers_returned_empty = 0;
   uint64_t no_rx_avail_buffer = 0;  ///< a frame waited in the TAP and the guest had no buffer
-  uint64_t tap_read_fails = 0;      ///< readv failed (not EAGAIN)
+  /// Frames larger than the buffers the guest had posted when they were read: kept aside and
+  /// delivered once it posted more (one copy more), instead of dropped.
+  uint64_t rx_frames_held = 0;
+  uint64_t tap_read_fails = 0;  ///< readv failed (not EAGAIN)
 
   // Notifications.
   uint64_t kicks = 0;       ///< kick eventfd reads that found a kick
@@ -86,6 +92,7 @@ inline constexpr NetCounterField kNetCounterFields[] = {
     {"tx_dropped_hdr_len_past_frame", &NetCounters::tx_dropped_hdr_len_past_frame},
     {"tap_write_fails", &NetCounters::tap_write_fails},
     {"tx_tap_full", &NetCounters::tx_tap_full},
+    {"tx_dropped_ring_disabled", &NetCounters::tx_dropped_ring_disabled},
     {"rx_packets", &NetCounters::rx_packets},
     {"rx_bytes", &NetCounters::rx_bytes},
     {"rx_dropped_too_big", &NetCounters::rx_dropped_too_big},
@@ -93,6 +100,7 @@ inline constexpr NetCounterField kNetCounterFields[] = {
     {"rx_malformed_chain", &NetCounters::rx_malformed_chain},
     {"rx_buffers_returned_empty", &NetCounters::rx_buffers_returned_empty},
     {"no_rx_avail_buffer", &NetCounters::no_rx_avail_buffer},
+    {"rx_frames_held", &NetCounters::rx_frames_held},
     {"tap_read_fails", &NetCounters::tap_read_fails},
     {"kicks", &NetCounters::kicks},
     {"interrupts", &NetCounters::interrupts},

@@ -558,13 +558,11 @@ Result<void> Backend::set_vring_enable(uint32_t index, uint32_t enable) {
                   str("SET_VRING_ENABLE: ring ", index, " state ", enable, " is neither 0 nor 1"));
   }
   Vring& vring = vrings_[index];
-  if (enable == 1) {
-    vring.enabled = true;
-    try_start(index);
-  } else {
-    stop_ring(index);
-    vring.enabled = false;
-  }
+  if (vring.enabled == (enable == 1)) return {};
+  // The Device sees a started ring in one state only: stop, change, start again.
+  stop_ring(index);
+  vring.enabled = enable == 1;
+  try_start(index);
   return {};
 }
 
@@ -662,7 +660,7 @@ void Backend::stop_ring(uint32_t index) noexcept {
 void Backend::try_start(uint32_t index) {
   Vring& vring = vrings_[index];
   if (closed_ || vring.started) return;
-  if (!vring.enabled || !vring.kick || !vring.call_set || vring.num == 0 || !vring.has_addr ||
+  if (!vring.kick || !vring.call_set || vring.num == 0 || !vring.has_addr ||
       memory_.table.empty()) {
     return;
   }
@@ -682,7 +680,8 @@ void Backend::try_start(uint32_t index) {
   vring.config = *config;
   vring.started = true;
   ++counters_.rings_started;
-  log::write(log::Level::kDebug, str(name_, ": ring ", index, " started"));
+  log::write(log::Level::kDebug,
+             str(name_, ": ring ", index, vring.enabled ? " started" : " started, disabled"));
   device_.on_queue_started(index);
 }
 

@@ -16,7 +16,7 @@
 //  - a ring is *enabled* by SET_VRING_ENABLE 1 when VHOST_USER_F_PROTOCOL_FEATURES was acked
 //    in SET_FEATURES, and otherwise as soon as it has a kick fd (and all rings when
 //    SET_FEATURES acks without that bit), as libvhost-user and DPDK do;
-//  - a ring is *started* (handed to the Device) once it is enabled, has a size, addresses
+//  - a ring is *started* (handed to the Device) once it has a size, addresses
 //    that lie in guest memory, a kick eventfd, and has had its SET_VRING_CALL (an eventfd,
 //    or NOFD for a polling driver). vpd starts it when the last of these arrives rather than
 //    at the first kick, like libvhost-user and DPDK: the data plane polls the kick fd anyway.
@@ -27,8 +27,10 @@
 //  - GET_VRING_BASE stops the ring and closes its kick and call fds; the front-end sends
 //    them again before restarting it. Any change to a started ring (SET_VRING_*) stops it,
 //    applies the change and starts it again, so the Device sees a consistent ring each time.
-//  - a started but disabled ring (allowed by the spec, which asks a net device to drop TX
-//    there) does not exist here: disabling stops the ring.
+//  - a ring may be started and disabled: the spec asks a net device to supply no RX there and
+//    to process and discard TX. The Device reads Vring::enabled in on_queue_started();
+//    SET_VRING_ENABLE that changes it stops the ring and starts it again, so the Device
+//    sees each state whole.
 
 #include <array>
 #include <cstddef>
@@ -105,7 +107,8 @@ class Device {
   virtual std::span<const std::byte> config() const = 0;
   /// Ring `index` is ready: Backend::vring(index) has a configured queue and a kick fd (the
   /// call fd may be absent: a polling driver). The data plane may use it until
-  /// on_queue_stopped(index).
+  /// on_queue_stopped(index). A ring with `enabled` false must not carry traffic: a net
+  /// device supplies no RX buffer there and discards what arrives on TX.
   virtual void on_queue_started(uint32_t index) = 0;
   /// Ring `index` must not be touched any more: when this returns, the data plane has put
   /// every chain it popped back on the used ring (published) and forgotten the ring's fds.

@@ -125,18 +125,44 @@ TEST_F(VhostUserE2E, guest_with_two_vcpus_runs_both_queue_pairs_and_pings) {
   // ~Guest stops QEMU: no need to wait out the linger.
 }
 
-TEST_F(VhostUserE2E, vpd_dials_a_qemu_that_serves_the_socket) {
+TEST_F(VhostUserE2E, vpd_dials_a_qemu_that_serves_the_socket_and_redials_when_it_restarts) {
   const std::string sock = dir_.path() + "/qemu-vp0.sock";
   ASSERT_EQ(ctl({"vp0", "create", "peer=" + sock, "bridge=br0", "up"}).status, 0);
   std::vector<std::string> nic{"-chardev", "socket,id=c0,path=" + sock + ",server=on,wait=off"};
   for (auto& a : device()) nic.push_back(a);
-  Guest guest(dir_.path() + "/console");
-  ASSERT_EQ(guest.start(guest_options(nic)), "");
-  ASSERT_TRUE(guest.wait_for("VP-E2E-RESULT:", std::chrono::seconds(120))) << guest.console();
-  EXPECT_NE(guest.console().find("VP-E2E-RESULT: ok"), std::string::npos)
-      << guest.console() << vpd_->log();
-  EXPECT_NE(vpd_->log().find("connected to frontend at " + sock), std::string::npos);
-  guest.wait_exit(std::chrono::seconds(60));
+  GuestOptions o = guest_options(nic);
+  o.linger = 30;
+  uint64_t sessions = 0;
+  {
+    Guest guest(dir_.path() + "/console");
+    ASSERT_EQ(guest.start(o), "");
+    ASSERT_TRUE(guest.wait_for("VP-E2E-RESULT:", std::chrono::seconds(120))) << guest.console();
+    EXPECT_NE(guest.console().find("VP-E2E-RESULT: ok"), std::string::npos)
+        << guest.console() << vpd_->log();
+    EXPECT_NE(vpd_->log().find("connected to frontend at " + sock), std::string::npos);
+    // Both ways: the host reaches the guest through the bridge and vp0.
+    EXPECT_TRUE(sh(std::string("ping -c 3 -W 2 ") + kGuest + " >/dev/null")) << vpd_->log();
+    sessions = vpd_->ctl_json({"vp0"})["status"]["session"].value("sessions", uint64_t{0});
+    EXPECT_GE(sessions, 1u);
+    // ~Guest stops QEMU: the VMM goes away with its socket.
+  }
+  for (int i = 0; i < 50 && vpd_->ctl_json({"vp0"})["status"].value("guest", "") == "connected";
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_FALSE(vpd_->ctl_json({"vp0"})["status"].value("carrier", true));
+
+  // The VMM comes back (a VM restart): vpd dials it again and the new guest is on the bridge.
+  Guest again(dir_.path() + "/console2");
+  o.linger = 10;
+  ASSERT_EQ(again.start(o), "");
+  ASSERT_TRUE(again.wait_for("VP-E2E-RESULT:", std::chrono::seconds(120))) << again.console();
+  EXPECT_NE(again.console().find("VP-E2E-RESULT: ok"), std::string::npos)
+      << again.console() << vpd_->log();
+  EXPECT_EQ(vpd_->ctl_json({"vp0"})["status"]["session"].value("sessions", uint64_t{0}),
+            sessions + 1)
+      << vpd_->log();
+  again.wait_exit(std::chrono::seconds(60));
 }
 
 TEST_F(VhostUserE2E, guest_traffic_resumes_after_vpd_is_killed_and_restarted) {

@@ -5,11 +5,14 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <set>
 #include <thread>
@@ -54,6 +57,113 @@ std::vector<std::byte> arp_request(uint8_t target, uint8_t gso_type = 0, uint8_t
   std::vector<std::byte> out(f.size());
   std::memcpy(out.data(), f.data(), f.size());
   return out;
+}
+
+// --- Offloads through a real vpd: frames built as a Linux guest builds them ------------------
+
+constexpr uint64_t kCsum = 1ull << 0;
+constexpr uint64_t kGuestCsum = 1ull << 1;
+constexpr uint64_t kHostUso = 1ull << 56;
+constexpr uint8_t kNeedsCsum = 1;  // VIRTIO_NET_HDR_F_NEEDS_CSUM
+constexpr uint8_t kGsoUdpL4 = 5;   // VIRTIO_NET_HDR_GSO_UDP_L4
+constexpr uint16_t kGuestPort = 5000;
+
+uint32_t sum16(const uint8_t* p, size_t n, uint32_t sum = 0) {
+  for (size_t i = 0; i + 1 < n; i += 2) sum += uint32_t(p[i]) << 8 | p[i + 1];
+  if (n & 1) sum += uint32_t(p[n - 1]) << 8;
+  return sum;
+}
+uint16_t fold(uint32_t sum) {
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<uint16_t>(sum);
+}
+void put16(uint8_t* p, uint16_t v) {
+  p[0] = static_cast<uint8_t>(v >> 8);
+  p[1] = static_cast<uint8_t>(v & 0xff);
+}
+uint16_t get16(const uint8_t* p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
+
+// The UDP pseudo-header sum of an IPv4 packet starting at `ip` (addresses, protocol, length).
+uint32_t udp_pseudo_sum(const uint8_t* ip) { return sum16(ip + 12, 8) + 17 + get16(ip + 20 + 4); }
+
+// A virtio header then Ethernet/IPv4/UDP from the guest (10.98.0.2:5000) to `dst_mac`,
+// 10.98.0.1:`port`. With NEEDS_CSUM the UDP checksum field holds the pseudo-header sum and
+// csum_start/offset point at it, as Linux leaves it for the device; otherwise it is complete.
+std::vector<std::byte> guest_udp(const std::array<uint8_t, 6>& dst_mac, uint16_t port,
+                                 const std::vector<uint8_t>& payload, uint8_t flags,
+                                 uint8_t gso_type = 0, uint16_t gso_size = 0) {
+  std::vector<uint8_t> f(12 + 14 + 20 + 8 + payload.size(), 0);
+  uint8_t* h = f.data();
+  h[0] = flags;
+  h[1] = gso_type;
+  auto le16 = [&](size_t at, uint16_t v) {
+    h[at] = static_cast<uint8_t>(v & 0xff);
+    h[at + 1] = static_cast<uint8_t>(v >> 8);
+  };
+  le16(2, gso_type ? 14 + 20 + 8 : 0);  // hdr_len
+  le16(4, gso_size);
+  if (flags & kNeedsCsum) {
+    le16(6, 14 + 20);  // csum_start: the UDP header
+    le16(8, 6);        // csum_offset: its checksum field
+  }
+  uint8_t* e = h + 12;
+  std::memcpy(e, dst_mac.data(), 6);
+  std::memcpy(e + 6, kGuestMac.data(), 6);
+  e[12] = 0x08;
+  uint8_t* ip = e + 14;
+  ip[0] = 0x45;
+  put16(ip + 2, static_cast<uint16_t>(20 + 8 + payload.size()));
+  ip[8] = 64;
+  ip[9] = 17;
+  const uint8_t addrs[8] = {10, 98, 0, 2, 10, 98, 0, 1};
+  std::memcpy(ip + 12, addrs, 8);
+  put16(ip + 10, static_cast<uint16_t>(~fold(sum16(ip, 20))));
+  uint8_t* udp = ip + 20;
+  put16(udp, kGuestPort);
+  put16(udp + 2, port);
+  put16(udp + 4, static_cast<uint16_t>(8 + payload.size()));
+  std::memcpy(udp + 8, payload.data(), payload.size());
+  const uint32_t pseudo = udp_pseudo_sum(ip);
+  put16(udp + 6, (flags & kNeedsCsum)
+                     ? fold(pseudo)
+                     : static_cast<uint16_t>(~fold(sum16(udp, 8 + payload.size(), pseudo))));
+  std::vector<std::byte> out(f.size());
+  std::memcpy(out.data(), f.data(), f.size());
+  return out;
+}
+
+std::vector<uint8_t> pattern(size_t n, uint8_t seed) {
+  std::vector<uint8_t> p(n);
+  for (size_t i = 0; i < n; ++i) p[i] = static_cast<uint8_t>(seed + i * 7);
+  return p;
+}
+
+// A UDP socket on the host side of vp0, 10.98.0.1:`port`, non-blocking.
+Fd host_udp_socket(uint16_t port) {
+  Fd s(::socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  ::inet_pton(AF_INET, "10.98.0.1", &a.sin_addr);
+  if (::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return Fd();
+  return s;
+}
+
+// Datagrams that arrive on `s` within `timeout`, until `want` of them.
+std::vector<std::vector<uint8_t>> receive_datagrams(const Fd& s, size_t want,
+                                                    std::chrono::milliseconds timeout) {
+  std::vector<std::vector<uint8_t>> got;
+  const auto deadline = steady_clock::now() + timeout;
+  while (got.size() < want && steady_clock::now() < deadline) {
+    pollfd p{s.get(), POLLIN, 0};
+    if (::poll(&p, 1, 20) != 1) continue;
+    std::vector<uint8_t> buf(65536);
+    const ssize_t n = ::recv(s.get(), buf.data(), buf.size(), 0);
+    if (n < 0) continue;
+    buf.resize(static_cast<size_t>(n));
+    got.push_back(std::move(buf));
+  }
+  return got;
 }
 
 class VhostUser : public ::testing::TestWithParam<bool> {
@@ -196,6 +306,64 @@ class VhostUser : public ::testing::TestWithParam<bool> {
 
   nlohmann::json counters() { return vpd_->ctl_json({"vp0"})["status"]["counters"]; }
 
+  std::array<uint8_t, 6> vp0_mac() {
+    std::array<uint8_t, 6> mac{};
+    const std::string text = link_json("vp0").value("address", "");
+    unsigned b[6] = {};
+    EXPECT_EQ(
+        std::sscanf(text.c_str(), "%x:%x:%x:%x:%x:%x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]),
+        6);
+    for (int i = 0; i < 6; ++i) mac[i] = static_cast<uint8_t>(b[i]);
+    return mac;
+  }
+
+  // The next frame on RX ring `ring` addressed to the guest's UDP port 9, reassembled from
+  // its num_buffers mergeable buffers: the 12-byte virtio header, then the Ethernet frame.
+  std::optional<std::vector<uint8_t>> next_udp_to_guest(uint32_t ring,
+                                                        std::chrono::seconds timeout) {
+    const auto deadline = steady_clock::now() + timeout;
+    while (steady_clock::now() < deadline) {
+      auto first = wait_used(ring, std::chrono::seconds(1));
+      if (!first) continue;
+      auto buf = fe_->buffer(ring, first->id);
+      std::vector<uint8_t> frame(reinterpret_cast<const uint8_t*>(buf.data()),
+                                 reinterpret_cast<const uint8_t*>(buf.data()) + first->len);
+      const uint16_t buffers = frame.size() >= 12 ? uint16_t(frame[10] | frame[11] << 8) : 1;
+      for (uint16_t i = 1; i < buffers; ++i) {
+        auto more = wait_used(ring, std::chrono::seconds(1));
+        if (!more) return std::nullopt;
+        auto b = fe_->buffer(ring, more->id);
+        frame.insert(frame.end(), reinterpret_cast<const uint8_t*>(b.data()),
+                     reinterpret_cast<const uint8_t*>(b.data()) + more->len);
+      }
+      while (fe_->outstanding(ring) < 64 && fe_->post_rx(ring)) {
+      }
+      (void)fe_->kick(ring);
+      if (frame.size() < 12 + 42) continue;
+      const uint8_t* e = frame.data() + 12;
+      if (e[12] == 0x08 && e[13] == 0x00 && e[23] == 17 && e[36] == 0 && e[37] == 9) {
+        return frame;
+      }
+    }
+    return std::nullopt;
+  }
+
+  // Sends `payload` from a host UDP socket to the guest (10.98.0.2:9); with `segment`, as
+  // one UDP GSO send of `segment`-byte datagrams (UDP_SEGMENT). Returns what send() said.
+  ssize_t send_to_guest(const std::vector<uint8_t>& payload, int segment = 0) {
+    EXPECT_TRUE(sh("ip neigh replace 10.98.0.2 lladdr 52:54:00:12:34:56 dev vp0 nud permanent"));
+    Fd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    if (segment) {
+      EXPECT_EQ(::setsockopt(s.get(), SOL_UDP, 103 /* UDP_SEGMENT */, &segment, sizeof segment), 0);
+    }
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(9);
+    ::inet_pton(AF_INET, "10.98.0.2", &to.sin_addr);
+    return ::sendto(s.get(), payload.data(), payload.size(), 0, reinterpret_cast<sockaddr*>(&to),
+                    sizeof to);
+  }
+
   TempDir dir_;
   std::unique_ptr<Vpd> vpd_;
   std::unique_ptr<VhostFrontend> fe_;
@@ -232,6 +400,31 @@ TEST_P(VhostUser, guest_arp_request_reaches_the_kernel_and_its_reply_reaches_the
   EXPECT_EQ(status.value("guest", ""), "connected");
   EXPECT_TRUE(status.value("carrier", false)) << "carrier follows the running queue pair";
   EXPECT_EQ(status["session"].value("ring", ""), GetParam() ? "packed" : "split");
+}
+
+TEST_P(VhostUser, get_config_reports_the_guest_mac_link_up_pairs_and_mtu) {
+  ASSERT_EQ(vpd_->ctl({"vp0", "mtu=9000"}).status, 0) << vpd_->log();
+  attach();
+  ASSERT_NE(fe_->acked_protocol_features() & vhost::bit(vhost::ProtocolFeature::kConfig), 0u)
+      << "vpd offers VHOST_USER_PROTOCOL_F_CONFIG";
+  vhost::Config request;
+  request.head = vhost::ConfigHead{0, 12, 0};
+  const auto* raw = reinterpret_cast<const std::byte*>(&request);
+  ASSERT_TRUE(fe_->send(vhost::Request::kGetConfig,
+                        std::span<const std::byte>(raw, vhost::kConfigHeadSize + 12)));
+  auto reply = fe_->wait_reply(vhost::Request::kGetConfig);
+  ASSERT_TRUE(reply) << reply.error().message << "\n" << vpd_->log();
+  ASSERT_EQ(reply->payload.size(), vhost::kConfigHeadSize + 12);
+  const auto* c = reinterpret_cast<const uint8_t*>(reply->payload.data()) + vhost::kConfigHeadSize;
+  // SPEC: virtio 1.2 §5.1.4: mac[6], status (le16), max_virtqueue_pairs (le16), mtu (le16).
+  char mac[18];
+  std::snprintf(mac, sizeof mac, "%02x:%02x:%02x:%02x:%02x:%02x", c[0], c[1], c[2], c[3], c[4],
+                c[5]);
+  EXPECT_EQ(mac, vpd_->ctl_json({"vp0"})["status"].value("guest_mac", ""))
+      << "the MAC vpctl prints for -device ...,mac=";
+  EXPECT_EQ(c[6] | c[7] << 8, 1) << "VIRTIO_NET_S_LINK_UP";
+  EXPECT_EQ(c[8] | c[9] << 8, 1) << "one queue pair";
+  EXPECT_EQ(c[10] | c[11] << 8, 9000) << "the endpoint's MTU";
 }
 
 TEST_P(VhostUser, gso_frame_from_a_guest_that_did_not_negotiate_it_is_dropped_and_counted) {
@@ -357,11 +550,17 @@ TEST_P(VhostUser, a_pair_left_disabled_never_starts_and_the_kernel_sends_it_noth
     for (int i = 0; i < 64; ++i) ASSERT_TRUE(fe_->post_rx(rx));
     ASSERT_TRUE(fe_->kick(rx));
   }
-  // TX on the disabled pair does not reach the kernel.
+  // TX on the disabled pair is processed and discarded (vhost-user "Ring states"): the chain
+  // comes back, counted, and nothing reaches the kernel.
   const uint64_t kernel_rx = kernel_rx_packets();
-  ASSERT_TRUE(fe_->post_tx(kTx1, arp_request(1)));
+  const uint16_t discarded = *fe_->post_tx(kTx1, arp_request(1));
   ASSERT_TRUE(fe_->kick(kTx1));
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const auto used = wait_used(kTx1, std::chrono::seconds(5));
+  ASSERT_TRUE(used) << "the disabled ring's TX chain is given back\n" << vpd_->log();
+  EXPECT_EQ(used->id, discarded);
+  EXPECT_EQ(used->len, 0u);
+  EXPECT_EQ(counters().value("tx_dropped_ring_disabled", 0), 1u) << counters().dump();
+  EXPECT_EQ(counters().value("tx_packets", 1), 0u);
   EXPECT_EQ(kernel_rx_packets(), kernel_rx);
 
   // Every host flow lands on pair 0: the idle pair's TAP queue takes no part in the
@@ -399,6 +598,105 @@ TEST_P(VhostUser, a_pair_left_disabled_never_starts_and_the_kernel_sends_it_noth
   count_udp_flows({{kRx, &on_rx0}, {kRx1, &on_rx1}}, 32, std::chrono::seconds(5));
   EXPECT_EQ(on_rx0, 32) << vpd_->log();
   EXPECT_EQ(on_rx1, 0);
+}
+
+TEST_P(VhostUser, partial_checksum_frame_from_a_guest_with_csum_reaches_a_host_socket_intact) {
+  attach();
+  const Fd sock = host_udp_socket(7001);
+  ASSERT_TRUE(sock);
+  const auto payload = pattern(1200, 3);
+  ASSERT_TRUE(fe_->post_tx(kTx, guest_udp(vp0_mac(), 7001, payload, kNeedsCsum)));
+  ASSERT_TRUE(fe_->kick(kTx));
+  const auto got = receive_datagrams(sock, 1, std::chrono::milliseconds(5000));
+  ASSERT_EQ(got.size(), 1u) << counters().dump() << vpd_->log();
+  EXPECT_EQ(got[0], payload);
+  EXPECT_EQ(counters().value("tx_packets", 0), 1u);
+}
+
+TEST_P(VhostUser, uso_frame_from_a_guest_becomes_datagrams_of_gso_size_on_the_host) {
+  attach();
+  ASSERT_NE(fe_->acked_features() & kHostUso, 0u) << "vpd offers HOST_USO";
+  const Fd sock = host_udp_socket(7002);
+  ASSERT_TRUE(sock);
+  const auto payload = pattern(3500, 9);  // 1000 + 1000 + 1000 + 500
+  // One 3.5 KB frame in a 4 KiB TX buffer: the kernel segments it (the TAP took it as GSO).
+  ASSERT_TRUE(fe_->post_tx(kTx, guest_udp(vp0_mac(), 7002, payload, kNeedsCsum, kGsoUdpL4, 1000)));
+  ASSERT_TRUE(fe_->kick(kTx));
+  const auto got = receive_datagrams(sock, 4, std::chrono::milliseconds(5000));
+  ASSERT_EQ(got.size(), 4u) << counters().dump() << vpd_->log();
+  std::vector<uint8_t> joined;
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].size(), i < 3 ? 1000u : 500u);
+    joined.insert(joined.end(), got[i].begin(), got[i].end());
+  }
+  EXPECT_EQ(joined, payload);
+  EXPECT_EQ(counters().value("tx_packets", 0), 1u) << "one frame from the guest";
+}
+
+TEST_P(VhostUser, partial_checksum_frame_from_a_guest_without_csum_is_dropped_and_counted) {
+  attach(kCsum);
+  ASSERT_EQ(fe_->acked_features() & kCsum, 0u);
+  const Fd sock = host_udp_socket(7003);
+  ASSERT_TRUE(sock);
+  const uint64_t kernel_rx = kernel_rx_packets();
+  ASSERT_TRUE(fe_->post_tx(kTx, guest_udp(vp0_mac(), 7003, pattern(100, 1), kNeedsCsum)));
+  ASSERT_TRUE(fe_->kick(kTx));
+  auto used = wait_used(kTx, std::chrono::seconds(5));
+  ASSERT_TRUE(used) << "the dropped chain is still given back";
+  EXPECT_EQ(counters().value("tx_dropped_csum_not_negotiated", 0), 1u) << counters().dump();
+  EXPECT_EQ(kernel_rx_packets(), kernel_rx) << "nothing reached the TAP";
+  // The same payload with its checksum complete passes.
+  const auto payload = pattern(100, 1);
+  ASSERT_TRUE(fe_->post_tx(kTx, guest_udp(vp0_mac(), 7003, payload, 0)));
+  ASSERT_TRUE(fe_->kick(kTx));
+  const auto got = receive_datagrams(sock, 1, std::chrono::milliseconds(5000));
+  ASSERT_EQ(got.size(), 1u) << counters().dump();
+  EXPECT_EQ(got[0], payload);
+}
+
+TEST_P(VhostUser, udp_gso_from_the_host_reaches_a_guest_with_guest_uso_as_one_frame) {
+  attach();
+  ASSERT_NE(fe_->acked_features() & kGuestCsum, 0u);
+  ASSERT_NE(vpd_->ctl_json({"vp0"})["status"].value("tun_offloads", "").find("USO4"),
+            std::string::npos)
+      << "the kernel must take USO on the TAP for this test";
+  for (int i = 0; i < 64; ++i) ASSERT_TRUE(fe_->post_rx(kRx));
+  ASSERT_TRUE(fe_->kick(kRx));
+  const auto payload = pattern(3000, 5);
+  ASSERT_EQ(send_to_guest(payload, 1000), 3000);
+  const auto frame = next_udp_to_guest(kRx, std::chrono::seconds(5));
+  ASSERT_TRUE(frame) << counters().dump() << vpd_->log();
+  const uint8_t* h = frame->data();
+  EXPECT_EQ(h[0] & kNeedsCsum, kNeedsCsum) << "the checksum is left to the guest";
+  EXPECT_EQ(h[1], kGsoUdpL4) << "one GSO frame, segmented by nobody on the way";
+  EXPECT_EQ(h[4] | h[5] << 8, 1000) << "gso_size";
+  EXPECT_EQ(h[6] | h[7] << 8, 14 + 20) << "csum_start";
+  EXPECT_EQ(h[8] | h[9] << 8, 6) << "csum_offset";
+  ASSERT_EQ(frame->size(), 12u + 14 + 20 + 8 + 3000);
+  EXPECT_TRUE(std::equal(payload.begin(), payload.end(), frame->begin() + 12 + 42));
+  EXPECT_EQ(counters().value("rx_dropped_too_big", 0), 0u);
+}
+
+TEST_P(VhostUser, guest_without_guest_csum_gets_frames_with_complete_checksums) {
+  attach(kGuestCsum);
+  ASSERT_EQ(fe_->acked_features() & kGuestCsum, 0u);
+  EXPECT_EQ(vpd_->ctl_json({"vp0"})["status"].value("tun_offloads", ""), "none")
+      << "the TAP may hand vpd nothing the guest would have to finish";
+  for (int i = 0; i < 64; ++i) ASSERT_TRUE(fe_->post_rx(kRx));
+  ASSERT_TRUE(fe_->kick(kRx));
+  const auto payload = pattern(1400, 8);
+  ASSERT_EQ(send_to_guest(payload), 1400);
+  const auto frame = next_udp_to_guest(kRx, std::chrono::seconds(5));
+  ASSERT_TRUE(frame) << counters().dump() << vpd_->log();
+  const uint8_t* h = frame->data();
+  EXPECT_EQ(h[0], 0) << "no NEEDS_CSUM";
+  EXPECT_EQ(h[1], 0) << "no GSO";
+  const uint8_t* ip = frame->data() + 12 + 14;
+  const size_t udp_len = get16(ip + 20 + 4);
+  ASSERT_EQ(udp_len, 8u + payload.size());
+  EXPECT_EQ(fold(sum16(ip + 20, udp_len, udp_pseudo_sum(ip))), 0xffff)
+      << "the UDP checksum is complete and right";
+  EXPECT_TRUE(std::equal(payload.begin(), payload.end(), ip + 28));
 }
 
 INSTANTIATE_TEST_SUITE_P(Rings, VhostUser, ::testing::Values(false, true),

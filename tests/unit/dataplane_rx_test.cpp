@@ -45,7 +45,7 @@ class DataplaneRx : public ::testing::Test {
   void without_gso(uint32_t max_frame = 1518) { session_.max_rx_frame = max_frame; }
 
   ForwardResult forward() {
-    return forward_rx(q_, tap_.tap.get(), call_.get(), session_, scratch_, counters_);
+    return forward_rx(q_, tap_.tap.get(), call_.get(), session_, scratch_, counters_, &hold_);
   }
   uint64_t interrupts_signalled() {
     eventfd_t v = 0;
@@ -60,6 +60,7 @@ class DataplaneRx : public ::testing::Test {
   NetSession session_;
   NetScratch scratch_;
   NetCounters counters_;
+  RxHold hold_;
   std::map<uint16_t, uint64_t> where_;
 };
 
@@ -420,36 +421,74 @@ TYPED_TEST(DataplaneRx, runt_read_is_dropped) {
   EXPECT_EQ(this->counters_.rx_dropped_runt, 1u);
 }
 
-// A 40 KB frame waits in the TAP while the guest has posted too little to hold the largest
-// frame; a read would have to drop it (tun cannot say how long the next frame is).
-TYPED_TEST(DataplaneRx, mergeable_short_pool_waits_for_buffers_instead_of_dropping) {
+// A 40 KB frame read while the guest is refilling (32 KiB posted, less than the largest
+// frame) is kept, not dropped: tun cannot say how long a frame is before it is read, and a
+// read cannot be undone. It is delivered first once the guest has posted enough.
+TYPED_TEST(DataplaneRx, mergeable_frame_larger_than_a_refilling_pool_is_held_not_dropped) {
   this->start(kVersion1 | kFeatureMrgRxbuf);
-  for (int i = 0; i < 8; ++i) this->offer(4096);  // 32 KiB < 12 + 65553
+  for (int i = 0; i < 8; ++i) this->offer(4096);
   const Bytes msg = tap_message(12, 40000);
   this->tap_.send(msg);
 
   ForwardResult r = this->forward();
   EXPECT_EQ(r.status, ForwardStatus::kNoBuffers);
   EXPECT_EQ(r.frames, 0u);
-  EXPECT_EQ(this->tap_.waiting(), msg.size());  // not read, so not lost
-  EXPECT_TRUE(this->ring_->take_all_used().empty());
+  EXPECT_EQ(this->hold_.len, msg.size());
+  EXPECT_TRUE(this->ring_->take_all_used().empty()) << "the 8 buffers went back unused";
   EXPECT_TRUE(this->ring_->kicks_requested(false));
   NetCounters c;
   c.no_rx_avail_buffer = 1;
+  c.rx_frames_held = 1;
   EXPECT_EQ(this->counters_, c);
 
-  // The guest refills (17 x 4 KiB cover 64 KiB + header) and kicks: the frame goes in,
-  // starting with the first buffer it posted.
-  for (int i = 0; i < 9; ++i) this->offer(4096);
+  // Nothing more while the guest has not posted enough.
+  this->offer(4096);
+  EXPECT_EQ(this->forward().status, ForwardStatus::kNoBuffers);
+  EXPECT_TRUE(this->ring_->take_all_used().empty());
+
+  // The guest refills and kicks: the held frame goes in first, from its first buffer on,
+  // then the frame that waited in the TAP meanwhile.
+  for (int i = 0; i < 8; ++i) this->offer(4096);
+  this->tap_.send(tap_message(12, 100, 4));
   r = this->forward();
-  EXPECT_EQ(r.frames, 1u);
+  EXPECT_EQ(r.frames, 2u);
   const std::vector<UsedElem> used = this->ring_->take_all_used();
-  ASSERT_EQ(used.size(), 10u);  // 40012 bytes in 4096-byte buffers
+  ASSERT_EQ(used.size(), 11u);  // 40012 bytes in 10 buffers of 4096, then 112 in one
   EXPECT_EQ(used.front(), (UsedElem{0, 4096}));
-  EXPECT_EQ(used.back(), (UsedElem{9, 40012 - 9 * 4096}));
-  EXPECT_EQ(this->buffer(0, 12)[10], std::byte{10});  // num_buffers
+  EXPECT_EQ(used[9], (UsedElem{9, 40012 - 9 * 4096}));
+  EXPECT_EQ(used[10], (UsedElem{10, 112}));
+  Bytes got;
+  for (uint16_t id = 0; id < 10; ++id) got = test::concat(got, this->buffer(id, used[id].len));
+  Bytes want = msg;
+  want[10] = std::byte{10};  // num_buffers
+  EXPECT_EQ(got, want) << "delivered whole and unchanged";
+  EXPECT_EQ(this->hold_.len, 0u);
   EXPECT_EQ(this->counters_.rx_dropped_too_big, 0u);
-  EXPECT_EQ(this->counters_.rx_packets, 1u);
+  EXPECT_EQ(this->counters_.rx_packets, 2u);
+  EXPECT_EQ(this->counters_.rx_bytes, 40100u);
+}
+
+// Small frames do not wait for the guest to post 64 KiB: they go into what it posted.
+TYPED_TEST(DataplaneRx, mergeable_small_frames_flow_while_the_guest_refills) {
+  this->start(kVersion1 | kFeatureMrgRxbuf);
+  for (int i = 0; i < 4; ++i) this->offer(4096);
+  for (int i = 0; i < 3; ++i) this->tap_.send(tap_message(12, 100, i));
+  const ForwardResult r = this->forward();
+  EXPECT_EQ(r.frames, 3u);
+  EXPECT_EQ(this->ring_->take_all_used(), (std::vector<UsedElem>{{0, 112}, {1, 112}, {2, 112}}));
+  EXPECT_EQ(this->hold_.len, 0u);
+  EXPECT_EQ(this->counters_.rx_frames_held, 0u);
+}
+
+// Without a hold (a caller that has none), such a frame is dropped and counted, as tun would.
+TYPED_TEST(DataplaneRx, mergeable_frame_larger_than_the_pool_without_a_hold_is_dropped) {
+  this->start(kVersion1 | kFeatureMrgRxbuf);
+  for (int i = 0; i < 8; ++i) this->offer(4096);
+  this->tap_.send(tap_message(12, 40000));
+  const ForwardResult r = forward_rx(this->q_, this->tap_.tap.get(), this->call_.get(),
+                                     this->session_, this->scratch_, this->counters_);
+  EXPECT_EQ(r.frames, 0u);
+  EXPECT_EQ(this->counters_.rx_dropped_too_big, 1u);
   EXPECT_EQ(this->tap_.waiting(), std::nullopt);
 }
 

@@ -352,6 +352,32 @@ TYPED_TEST(DataplaneTx, tap_write_failure_drops_and_returns_the_chain) {
   EXPECT_EQ(this->counters_.tap_write_fails, 1u);
 }
 
+TYPED_TEST(DataplaneTx, disabled_ring_gives_every_chain_back_and_nothing_reaches_the_tap) {
+  this->start(kVersion1);
+  this->session_.budget = 3;
+  std::vector<uint16_t> ids;
+  for (int i = 0; i < 5; ++i) {
+    ids.push_back(this->offer(test::concat(test::net_hdr(12), test::eth_frame(60, i))));
+  }
+  ForwardResult r =
+      discard_tx(this->q_, this->call_.get(), this->session_, this->scratch_, this->counters_);
+  EXPECT_EQ(r.status, ForwardStatus::kBudget);
+  EXPECT_EQ(r.frames, 0u);
+  EXPECT_EQ(r.chains, 3u);
+  r = discard_tx(this->q_, this->call_.get(), this->session_, this->scratch_, this->counters_);
+  EXPECT_EQ(r.status, ForwardStatus::kIdle);
+  EXPECT_EQ(r.chains, 2u);
+  EXPECT_EQ(this->tap_.receive(), std::nullopt);
+  EXPECT_EQ(
+      this->ring_->take_all_used(),
+      (std::vector<UsedElem>{{ids[0], 0}, {ids[1], 0}, {ids[2], 0}, {ids[3], 0}, {ids[4], 0}}));
+  EXPECT_TRUE(this->ring_->kicks_requested(false));
+  NetCounters want;
+  want.tx_dropped_ring_disabled = 5;
+  want.interrupts = 2;
+  EXPECT_EQ(this->counters_, want);
+}
+
 TEST(DataplaneTxStopped, unconfigured_queue_reports_stopped) {
   virtio::SplitQueue q;
   NetScratch scratch;

@@ -227,7 +227,7 @@ class VhostBackend : public ::testing::Test {
 
 // --- Negotiation and ring start ------------------------------------------------------------
 
-TEST_F(VhostBackend, qemu_negotiation_then_rings_start_only_at_set_vring_enable) {
+TEST_F(VhostBackend, qemu_negotiation_then_rings_start_disabled_until_set_vring_enable) {
   ASSERT_TRUE(succeeded(frontend_->negotiate(~uint64_t{0}, kQemu72ProtocolFeatures)));
   // GET_FEATURES: the device's offer plus PROTOCOL_FEATURES, without LOG_ALL/ACCESS_PLATFORM.
   const uint64_t expected = (kDeviceFeatures & ~kEngineWithheldFeatures) | kFeatureProtocolFeatures;
@@ -248,15 +248,21 @@ TEST_F(VhostBackend, qemu_negotiation_then_rings_start_only_at_set_vring_enable)
   EXPECT_EQ(backend_->memory().region_count(), 2u);
   ASSERT_TRUE(succeeded(frontend_->setup_queue(0, 256, /*enable=*/false)));
   ASSERT_TRUE(succeeded(frontend_->setup_queue(1, 256, /*enable=*/false)));
-  // NUM, BASE, ADDR, KICK and CALL are all there, but with PROTOCOL_FEATURES rings start
-  // disabled.
-  EXPECT_TRUE(device_.take().empty());
-  EXPECT_FALSE(backend_->vring(0).started);
+  // NUM, BASE, ADDR, KICK and CALL are all there: the rings start, but with PROTOCOL_FEATURES
+  // they start disabled (the Device supplies no RX there and discards TX).
+  EXPECT_EQ(device_.take(), words({"start 0", "start 1"}));
+  EXPECT_TRUE(backend_->vring(0).started);
+  EXPECT_FALSE(backend_->vring(0).enabled);
 
+  // Enabling restarts the ring, so the Device sees each state whole.
   ASSERT_TRUE(succeeded(frontend_->set_vring_enable(0, true)));
-  EXPECT_EQ(device_.take(), words({"start 0"}));
+  EXPECT_EQ(device_.take(), words({"stop 0", "start 0"}));
+  EXPECT_TRUE(backend_->vring(0).enabled);
   ASSERT_TRUE(succeeded(frontend_->set_vring_enable(1, true)));
-  EXPECT_EQ(device_.take(), words({"start 1"}));
+  EXPECT_EQ(device_.take(), words({"stop 1", "start 1"}));
+  // Enabling an enabled ring changes nothing.
+  ASSERT_TRUE(succeeded(frontend_->set_vring_enable(1, true)));
+  EXPECT_TRUE(device_.take().empty());
 
   // The ring addresses the front-end sent as its own virtual addresses, in guest terms.
   const auto layout = frontend_->layout(1);
@@ -272,7 +278,9 @@ TEST_F(VhostBackend, qemu_negotiation_then_rings_start_only_at_set_vring_enable)
   EXPECT_TRUE(vring.call.valid());
 
   ASSERT_TRUE(succeeded(frontend_->set_vring_enable(1, false)));
-  EXPECT_EQ(device_.take(), words({"stop 1"}));
+  EXPECT_EQ(device_.take(), words({"stop 1", "start 1"}));
+  EXPECT_TRUE(backend_->vring(1).started);
+  EXPECT_FALSE(backend_->vring(1).enabled);
   EXPECT_EQ(counters().refused_by_handler + counters().requests_refused, 0u);
 }
 
@@ -628,13 +636,17 @@ TEST_F(VhostBackend, disconnect_stops_the_started_rings_only) {
   ASSERT_TRUE(succeeded(frontend_->setup_queue(0, 16)));
   ASSERT_TRUE(succeeded(frontend_->setup_queue(1, 16)));
   ASSERT_TRUE(succeeded(frontend_->setup_queue(2, 16, /*enable=*/false)));
+  ASSERT_TRUE(succeeded(frontend_->setup_queue(3, 16, /*enable=*/false)));
+  ASSERT_TRUE(succeeded(frontend_->get_vring_base(3)));  // stopped again
   device_.take();
+  const uint64_t stopped = counters().rings_stopped;
   frontend_.reset();  // closes the socket
   auto status = backend_->on_readable();
   ASSERT_TRUE(succeeded(status));
   EXPECT_EQ(*status, Backend::Status::kClosed);
-  EXPECT_EQ(device_.take(), words({"stop 0", "stop 1"}));
-  EXPECT_EQ(counters().rings_stopped, 2u);
+  // Ring 2 runs disabled; ring 3 was stopped by GET_VRING_BASE.
+  EXPECT_EQ(device_.take(), words({"stop 0", "stop 1", "stop 2"}));
+  EXPECT_EQ(counters().rings_stopped, stopped + 3);
   EXPECT_TRUE(backend_->closed());
 }
 
