@@ -81,9 +81,31 @@ void arm_redial(int timer, int& backoff_ms) {
 }
 
 struct Shared {
+  /// Guards `view` (its counters excepted) and `active`: changed on session events only.
   mutable std::mutex mutex;
   SessionView view;
   bool active = false;
+  /// The data path's counters, in kNetCounterFields order. One writer, the worker, which adds
+  /// its local counts once per wake-up without a lock (STYLE: no locks on the packet path).
+  std::array<std::atomic<uint64_t>, std::size(dataplane::kNetCounterFields)> counters{};
+
+  /// Worker thread: adds `local` and clears it.
+  void add_counters(dataplane::NetCounters& local) noexcept {
+    for (size_t i = 0; i < counters.size(); ++i) {
+      const uint64_t v = local.*dataplane::kNetCounterFields[i].member;
+      if (v != 0)
+        counters[i].store(counters[i].load(std::memory_order_relaxed) + v,
+                          std::memory_order_relaxed);
+    }
+    local = {};
+  }
+  dataplane::NetCounters read_counters() const noexcept {
+    dataplane::NetCounters c;
+    for (size_t i = 0; i < counters.size(); ++i) {
+      c.*dataplane::kNetCounterFields[i].member = counters[i].load(std::memory_order_relaxed);
+    }
+    return c;
+  }
 };
 
 }  // namespace
@@ -376,12 +398,11 @@ class Port final : public Attachment, public vhost::Device {
   void on_status(uint8_t) override {}
 
   void publish() {
-    std::lock_guard lock(shared_->mutex);
-    SessionView& v = shared_->view;
-    v.counters += local_;
-    local_ = {};
+    shared_->add_counters(local_);
     if (!state_dirty_) return;
     state_dirty_ = false;
+    std::lock_guard lock(shared_->mutex);
+    SessionView& v = shared_->view;
     v.state = backend_ ? "connected" : listener_ ? "listening" : redial_ ? "dialing" : "stopped";
     v.socket = !config_.bind.empty() ? config_.bind : config_.peer;
     v.features = backend_ ? acked_ : 0;
@@ -783,12 +804,11 @@ class StreamPort final : public Attachment {
   };
 
   void publish() {
-    std::lock_guard lock(shared_->mutex);
-    SessionView& v = shared_->view;
-    v.counters += local_;
-    local_ = {};
+    shared_->add_counters(local_);
     if (!state_dirty_) return;
     state_dirty_ = false;
+    std::lock_guard lock(shared_->mutex);
+    SessionView& v = shared_->view;
     v.state = conn_ ? "connected" : listener_ ? "listening" : redial_ ? "dialing" : "stopped";
     v.socket = !config_.bind.empty() ? config_.bind : config_.peer;
     v.sessions = sessions_;
@@ -1292,7 +1312,9 @@ std::optional<SessionView> Dataplane::view(const std::string& name) const {
   for (const auto& w : workers_) {
     if (auto s = w->shared_of(name)) {
       std::lock_guard lock(s->mutex);
-      return s->view;
+      SessionView v = s->view;
+      v.counters = s->read_counters();
+      return v;
     }
   }
   return std::nullopt;
