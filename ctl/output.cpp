@@ -136,6 +136,13 @@ std::string format_show(const json& e) {
       {"toggles", toggles_line(e)},
       {"priority", text(e, "priority")},
       {"guest", text(s, "guest")},
+      {"guest mac",
+       text(s, "guest_mac") +
+           (e.value("lock_mac", false) ? " (lock-mac: other source MACs are dropped)" : "")},
+      {"allow", e.contains("allow") && !e["allow"].empty()
+                    ? joined(e, "allow") +
+                          " (uid[:gid]; others refused: " + text(s, "refused_peers", "0") + ")"
+                    : "anyone the socket's permissions let in"},
   };
   if (const std::string note = text(s, "peerfeats_note", ""); !note.empty()) {
     lines.emplace_back("peerfeats note", note);

@@ -80,6 +80,16 @@ void arm_redial(int timer, int& backoff_ms) {
   ::timerfd_settime(timer, 0, &t, nullptr);
 }
 
+/// allow=: true if the peer on a bind socket may be served; otherwise logs and counts it.
+bool admit(const std::string& name, const control::EndpointConfig& config,
+           const PeerCredentials& peer, uint64_t& refused) {
+  if (control::peer_allowed(config.allow, peer.uid, peer.gid)) return true;
+  ++refused;
+  log::warning(name, ": refused a frontend on ", config.bind, " (uid ", peer.uid, " gid ", peer.gid,
+               " pid ", peer.pid, "): not in allow=");
+  return false;
+}
+
 struct Shared {
   /// Guards `view` (its counters excepted) and `active`: changed on session events only.
   mutable std::mutex mutex;
@@ -302,6 +312,8 @@ class Port final : public Attachment, public vhost::Device {
   Result<void> on_features(uint64_t acked) override {
     dataplane::NetSession s = dataplane::make_net_session(acked);
     if (!(acked & kGsoFeatures)) s.max_rx_frame = config_.mtu + 18;  // Ethernet + VLAN tag
+    s.lock_mac = config_.lock_mac;
+    s.guest_mac = config_guest_mac_.bytes;
     // Header size and offloads belong to the TAP device, not to one queue: set them once,
     // through queue 0 (always attached).
     net::Tap& tap = pairs_[0].tap;
@@ -413,6 +425,7 @@ class Port final : public Attachment, public vhost::Device {
     v.hdr_len = backend_ && acked_ ? session_.hdr_len : 0;
     v.tun_offloads = tun_offloads_;
     v.sessions = sessions_;
+    v.refused_peers = refused_peers_;
     if (backend_) v.refused_messages = backend_->counters().requests_refused;
     v.broken_queues.clear();
     if (backend_) {
@@ -474,6 +487,10 @@ class Port final : public Attachment, public vhost::Device {
         continue;
       }
       const auto peer = peer_credentials(conn.get());
+      if (!admit(name(), config_, peer, refused_peers_)) {
+        state_dirty_ = true;
+        continue;
+      }
       log::notice(name(), ": frontend connected on ", config_.bind, " (uid ", peer.uid, " pid ",
                   peer.pid, ")");
       start_session(std::move(conn));
@@ -698,6 +715,7 @@ class Port final : public Attachment, public vhost::Device {
   uint64_t acked_ = 0;
   unsigned tun_offloads_ = 0;
   uint64_t sessions_ = 0;
+  uint64_t refused_peers_ = 0;  // allow= turned them away
   int backoff_ms_ = 0;
   bool carrier_ = false;
   bool pending_marked_ = false;
@@ -708,7 +726,7 @@ class Port final : public Attachment, public vhost::Device {
 };
 
 net::Mac Port::guest_mac_for(const control::EndpointConfig& c) {
-  return net::stable_mac(net::read_machine_id(), c.name + "/guest");
+  return control::guest_mac_of(c, net::read_machine_id());
 }
 
 /// One transport=stream endpoint on its worker: QEMU's `-netdev stream` framing (4-byte
@@ -812,6 +830,7 @@ class StreamPort final : public Attachment {
     v.state = conn_ ? "connected" : listener_ ? "listening" : redial_ ? "dialing" : "stopped";
     v.socket = !config_.bind.empty() ? config_.bind : config_.peer;
     v.sessions = sessions_;
+    v.refused_peers = refused_peers_;
     v.tun_offloads = 0;
     shared_->active = false;  // no negotiation: the registry's settings stand
   }
@@ -824,6 +843,10 @@ class StreamPort final : public Attachment {
       if (conn_) {
         log::warning(name(), ": refused a second frontend on ", config_.bind, " (pid ", peer.pid,
                      "); one is connected");
+        continue;
+      }
+      if (!admit(name(), config_, peer, refused_peers_)) {
+        state_dirty_ = true;
         continue;
       }
       log::notice(name(), ": stream frontend connected on ", config_.bind, " (uid ", peer.uid,
@@ -957,6 +980,12 @@ class StreamPort final : public Attachment {
           ++local_.tx_dropped_too_short;
           continue;
         }
+        // lock-mac: no frame from the guest poses as another host (the frame is in vpd's
+        // own buffer: what is checked is what is sent).
+        if (config_.lock_mac && std::memcmp(d.frame.data() + 6, guest_mac_.bytes.data(), 6) != 0) {
+          ++local_.tx_dropped_spoofed_mac;
+          continue;
+        }
         iovec iov[2] = {{const_cast<std::byte*>(kZeroHdr.data()), hdr_len_},
                         {const_cast<std::byte*>(d.frame.data()), d.frame.size()}};
         const ssize_t n = ::writev(tap_.fd(), iov, 2);
@@ -1074,6 +1103,8 @@ class StreamPort final : public Attachment {
   size_t hdr_len_;
   dataplane::NetCounters local_;
   uint64_t sessions_ = 0;
+  uint64_t refused_peers_ = 0;  // allow= turned them away
+  net::Mac guest_mac_ = control::guest_mac_of(config_, net::read_machine_id());
   int backoff_ms_ = 0;
   uint32_t conn_events_ = 0;
   uint32_t tap_events_ = 0;

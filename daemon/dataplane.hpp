@@ -29,7 +29,8 @@ struct SessionView {
   uint32_t queues = 0;          // virtqueues served: 2 per queue pair
   uint32_t hdr_len = 0;
   unsigned tun_offloads = 0;
-  uint64_t sessions = 0;  // frontends served since vpd started
+  uint64_t sessions = 0;       // frontends served since vpd started
+  uint64_t refused_peers = 0;  // connections turned away by allow=
   uint64_t refused_messages = 0;
   std::vector<std::string> broken_queues;  // "rx0: avail-index-jump"
   dataplane::NetCounters counters;

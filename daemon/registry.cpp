@@ -88,7 +88,7 @@ Result<void> Registry::sync_dataplane(Endpoint& e, const EndpointConfig* before,
   }
   auto guest_sees = [](const EndpointConfig& x) {
     return std::tie(x.transport, x.peer, x.bind, x.peerfeats, x.legacy, x.mtu, x.toggles, x.queues,
-                    x.socket_mode, x.owner, x.group);
+                    x.socket_mode, x.owner, x.group, x.allow, x.guest_mac, x.lock_mac);
   };
   if (before && dataplane_.attached(c.name) && guest_sees(*before) == guest_sees(c)) {
     if (before->priority != c.priority) dataplane_.set_priority(c.name, c.priority);
@@ -112,7 +112,9 @@ Result<void> Registry::sync_dataplane(Endpoint& e, const EndpointConfig* before,
     }
     if (ids->first != static_cast<uid_t>(-1) &&
         ::chown(c.bind.c_str(), ids->first, static_cast<gid_t>(-1)) != 0) {
-      return sys_fail(str(c.name, ": chown ", c.bind), errno);
+      const int chown_errno = errno;
+      ::unlink(c.bind.c_str());  // not left behind at mode 0000
+      return sys_fail(str(c.name, ": chown ", c.bind), chown_errno);
     }
     listener = std::move(*fd);
   }
@@ -687,7 +689,7 @@ json Registry::describe(const Endpoint& e) {
       {"tun_offloads", net::tun_offload_names(e.tun_offloads)},
       {"vnet_hdr_len", e.config.vnet_hdr_len()},
       {"guest", "not attached"},
-      {"guest_mac", net::stable_mac(machine_id_, e.config.name + "/guest").to_string()},
+      {"guest_mac", control::guest_mac_of(e.config, machine_id_).to_string()},
       {"declared", e.declared},
   };
   json problems = e.problems;
@@ -730,6 +732,7 @@ json Registry::describe(const Endpoint& e) {
     for (const auto& f : dataplane::kNetCounterFields)
       counters[std::string(f.name)] = v->counters.*f.member;
     status["counters"] = counters;
+    status["refused_peers"] = v->refused_peers;
     if (v->state == "connected") {
       status["session"] = {
           {"features", net::feature_names(v->features)},

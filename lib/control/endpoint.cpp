@@ -43,6 +43,18 @@ std::string peerfeats_text(std::optional<uint64_t> peerfeats) {
   return buf;
 }
 
+net::Mac guest_mac_of(const EndpointConfig& c, std::string_view machine_id) {
+  return c.guest_mac ? *c.guest_mac : net::stable_mac(machine_id, c.name + "/guest");
+}
+
+bool peer_allowed(const std::vector<std::string>& allow, uint32_t uid, uint32_t gid) {
+  if (allow.empty()) return true;
+  const std::string u = std::to_string(uid);
+  const std::string ug = str(uid, ":", gid);
+  return std::any_of(allow.begin(), allow.end(),
+                     [&](const std::string& a) { return a == u || a == ug; });
+}
+
 Result<void> validate(const EndpointConfig& c) {
   if (auto ok = net::validate_ifname(c.name); !ok) return ok;
   if (c.transport == Transport::kStream && c.peerfeats.value_or(0) != 0) {
@@ -77,6 +89,21 @@ Result<void> validate(const EndpointConfig& c) {
   if (c.mac.is_zero() || c.mac.is_multicast()) {
     return fail("invalid-mac", str(c.name, ": mac ", c.mac.to_string(), " is not unicast"));
   }
+  if (c.guest_mac && (c.guest_mac->is_zero() || c.guest_mac->is_multicast())) {
+    return fail("invalid-mac",
+                str(c.name, ": guest-mac ", c.guest_mac->to_string(), " is not unicast"));
+  }
+  if (c.guest_mac && *c.guest_mac == c.mac) {
+    return fail("duplicate-mac", str(c.name, ": guest-mac and mac are both ", c.mac.to_string(),
+                                     "; the guest and the host side need their own addresses"));
+  }
+  if (c.transport == Transport::kTap && (c.lock_mac || !c.allow.empty())) {
+    return fail("conflicting-settings",
+                str(c.name,
+                    ": with transport=tap the VMM opens the TAP itself and vpd is not in "
+                    "the data path, so lock-mac and allow= cannot apply; use owner=/group= "
+                    "to say who may open it"));
+  }
   return {};
 }
 
@@ -101,6 +128,9 @@ json to_json(const EndpointConfig& c) {
       {"mode", mode_text(c.socket_mode)},
       {"owner", c.owner},
       {"group", c.group},
+      {"allow", c.allow},
+      {"guest_mac", c.guest_mac ? json(c.guest_mac->to_string()) : json(nullptr)},
+      {"lock_mac", c.lock_mac},
   };
 }
 
@@ -172,6 +202,22 @@ Result<EndpointConfig> endpoint_from_json(const json& j) {
       return fail("bad-request", str("endpoint field '", key, "' is not a string"));
     if (!it->get<std::string>().empty()) tokens.push_back(str(key, "=", it->get<std::string>()));
   }
+  if (auto it = j.find("allow"); it != j.end()) {
+    if (!it->is_array()) return fail("bad-request", "endpoint field 'allow' is not a list");
+    for (const auto& a : *it) {
+      if (!a.is_string()) return fail("bad-request", "an allow= entry is not a string");
+      tokens.push_back("allow=" + a.get<std::string>());
+    }
+  }
+  if (auto it = j.find("guest_mac"); it != j.end() && !it->is_null()) {
+    if (!it->is_string()) return fail("bad-request", "endpoint field 'guest_mac' is not a string");
+    tokens.push_back("guest-mac=" + it->get<std::string>());
+  }
+  if (auto it = j.find("lock_mac"); it != j.end()) {
+    if (!it->is_boolean())
+      return fail("bad-request", "endpoint field 'lock_mac' is not true/false");
+    if (it->get<bool>()) tokens.push_back("lock-mac");
+  }
   if (auto it = j.find("peerfeats"); it != j.end() && !it->is_null()) {
     if (!it->is_string()) return fail("bad-request", "endpoint field 'peerfeats' is not a string");
     tokens.push_back("peerfeats=" + it->get<std::string>());
@@ -218,6 +264,9 @@ std::vector<std::string> to_tokens(const EndpointConfig& c) {
   if (c.socket_mode != kDefaultSocketMode) t.push_back("mode=" + mode_text(c.socket_mode));
   if (!c.owner.empty()) t.push_back("owner=" + c.owner);
   if (!c.group.empty()) t.push_back("group=" + c.group);
+  for (const auto& a : c.allow) t.push_back("allow=" + a);
+  if (c.guest_mac) t.push_back("guest-mac=" + c.guest_mac->to_string());
+  if (c.lock_mac) t.push_back("lock-mac");
   const uint32_t off = net::toggle::kAll & ~c.toggles;
   for (const auto& name : split_commas(net::toggle_names(off))) t.push_back("-" + name);
   t.push_back(c.up ? "up" : "down");

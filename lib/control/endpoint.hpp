@@ -48,6 +48,14 @@ struct EndpointConfig {
   uint32_t socket_mode = kDefaultSocketMode;
   std::string owner;
   std::string group;
+  /// allow=: who may connect to the bind socket, "UID" or "UID:GID" (SO_PEERCRED on accept);
+  /// sorted, unique. Empty: whoever the socket's permissions let in.
+  std::vector<std::string> allow;
+  /// guest-mac=: the guest NIC's MAC (qemu-args, GET_CONFIG, lock-mac). Unset: derived from
+  /// the machine id and the endpoint name, stable across restarts.
+  std::optional<net::Mac> guest_mac;
+  /// lock-mac: frames from the guest whose source MAC is not the guest MAC are dropped.
+  bool lock_mac = false;
 
   bool operator==(const EndpointConfig&) const = default;
 
@@ -60,6 +68,14 @@ struct EndpointConfig {
   /// The virtio_net_hdr length in use: 10 with `legacy`, else 12.
   int vnet_hdr_len() const { return legacy ? 10 : 12; }
 };
+
+/// The guest NIC's MAC: guest-mac= when set, else one derived from `machine_id` and the
+/// endpoint name (locally administered, the same on every restart).
+net::Mac guest_mac_of(const EndpointConfig& config, std::string_view machine_id);
+
+/// True when a peer with `uid` and `gid` may connect under the allow= list (an empty list
+/// allows everyone).
+bool peer_allowed(const std::vector<std::string>& allow, uint32_t uid, uint32_t gid);
 
 /// Rules that span several settings (e.g. a stream endpoint has no virtio header, so its
 /// peerfeats must be 0). Single values were checked when parsed.

@@ -12,11 +12,30 @@ namespace vp::control {
 namespace {
 
 constexpr std::array<std::string_view, 4> kVerbs{"create", "up", "down", "destroy"};
-constexpr std::array<std::string_view, 15> kKeys{
-    "peer",    "bind", "mac",    "name",   "peerfeats", "priority", "transport", "bridge",
-    "address", "mtu",  "legacy", "queues", "mode",      "owner",    "group"};
-constexpr std::array<std::string_view, 7> kClearable{"peer",   "bind",  "peerfeats", "bridge",
-                                                     "legacy", "owner", "group"};
+constexpr std::array<std::string_view, 18> kKeys{
+    "peer",      "bind",   "mac",     "name",  "peerfeats", "priority",
+    "transport", "bridge", "address", "mtu",   "legacy",    "queues",
+    "mode",      "owner",  "group",   "allow", "guest-mac", "lock-mac"};
+constexpr std::array<std::string_view, 10> kClearable{"peer",      "bind",    "peerfeats", "bridge",
+                                                      "legacy",    "owner",   "group",     "allow",
+                                                      "guest-mac", "lock-mac"};
+
+// allow=UID or UID:GID, numbers only: what SO_PEERCRED reports.
+Result<std::string> parse_allow(std::string_view value) {
+  const size_t colon = value.find(':');
+  auto number = [](std::string_view v) {
+    uint32_t n = 0;
+    auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    return !v.empty() && ec == std::errc{} && end == v.data() + v.size();
+  };
+  if (!number(value.substr(0, colon)) ||
+      (colon != std::string_view::npos && !number(value.substr(colon + 1)))) {
+    return fail("bad-value", str("allow=", value,
+                                 " must be a user id, or user id:group id, as numbers "
+                                 "(e.g. allow=64055 or allow=64055:994)"));
+  }
+  return std::string(value);
+}
 // Words that vpctl uses as commands; they cannot name an endpoint either.
 constexpr std::array<std::string_view, 6> kCommands{"list",  "version",   "help",
                                                     "stats", "qemu-args", "show"};
@@ -54,8 +73,8 @@ Result<void> check_path(std::string_view key, std::string_view value) {
 
 std::string known_words() {
   return "peer= bind= mac= name= peerfeats= priority= transport= bridge= address= mtu= "
-         "queues= mode= owner= group= "
-         "legacy, create up down destroy, and the toggles rxcsum txcsum rxcsum6 txcsum6 "
+         "queues= mode= owner= group= allow= guest-mac= "
+         "legacy lock-mac, create up down destroy, and the toggles rxcsum txcsum rxcsum6 txcsum6 "
          "tcp4csum udp4csum tcp6csum udp6csum tso4 tso6 (with - to disable)";
 }
 
@@ -64,7 +83,8 @@ std::string known_words() {
 bool Change::sets_nothing() const {
   return !transport && !peer && !bind && !mac && !peerfeats_given && !legacy && !priority && !mtu &&
          !queues && !socket_mode && !owner && !group && !bridge && add_addresses.empty() &&
-         del_addresses.empty() && !toggles_on && !toggles_off;
+         del_addresses.empty() && !toggles_on && !toggles_off && add_allow.empty() &&
+         del_allow.empty() && !clear_allow && !guest_mac_given && !lock_mac;
 }
 
 bool is_keyword(std::string_view token) {
@@ -124,6 +144,10 @@ Result<Change> parse_change(std::span<const std::string> tokens) {
         c.legacy = true;
         continue;
       }
+      if (token == "lock-mac") {
+        c.lock_mac = true;
+        continue;
+      }
     }
     // Offload toggles: tso4, -tso4.
     if (eq == std::string::npos) {
@@ -141,6 +165,12 @@ Result<Change> parse_change(std::span<const std::string> tokens) {
         c.del_addresses.push_back(a->address);
         continue;
       }
+      if (key == "allow" && eq != std::string::npos) {
+        auto a = parse_allow(value);
+        if (!a) return std::unexpected(a.error());
+        c.del_allow.push_back(*a);
+        continue;
+      }
       if (eq == std::string::npos &&
           std::find(kClearable.begin(), kClearable.end(), key) != kClearable.end()) {
         if (key == "peer") c.peer = "";
@@ -149,6 +179,12 @@ Result<Change> parse_change(std::span<const std::string> tokens) {
         if (key == "legacy") c.legacy = false;
         if (key == "owner") c.owner = "";
         if (key == "group") c.group = "";
+        if (key == "allow") c.clear_allow = true;
+        if (key == "lock-mac") c.lock_mac = false;
+        if (key == "guest-mac") {
+          c.guest_mac_given = true;
+          c.guest_mac.reset();
+        }
         if (key == "peerfeats") {
           c.peerfeats_given = true;
           c.peerfeats.reset();
@@ -157,8 +193,8 @@ Result<Change> parse_change(std::span<const std::string> tokens) {
       }
       return fail("unknown-key",
                   str("'", token, "' is not a setting vpd knows; known: ", known_words(),
-                      ", and -peer -bind -peerfeats -bridge "
-                      "-legacy -address=CIDR to remove one"));
+                      ", and -peer -bind -peerfeats -bridge -legacy -address=CIDR "
+                      "-allow[=UID[:GID]] -guest-mac -lock-mac to remove one"));
     }
     // A bare address, as in QNX's `ifconfig vp0 192.168.1.1`.
     if (eq == std::string::npos) {
@@ -189,6 +225,15 @@ Result<Change> parse_change(std::span<const std::string> tokens) {
                 "it may collide with a real device's address"));
       }
       c.mac = *mac;
+    } else if (key == "guest-mac") {
+      auto mac = net::parse_mac(value);
+      if (!mac) return std::unexpected(mac.error());
+      c.guest_mac_given = true;
+      c.guest_mac = *mac;
+    } else if (key == "allow") {
+      auto a = parse_allow(value);
+      if (!a) return std::unexpected(a.error());
+      c.add_allow.push_back(*a);
     } else if (key == "name") {
       if (auto ok = net::validate_prefix(value); !ok) return std::unexpected(ok.error());
       c.prefix = std::string(value);
@@ -273,6 +318,13 @@ Result<EndpointConfig> apply_change(EndpointConfig config, const Change& c) {
   if (c.socket_mode) config.socket_mode = *c.socket_mode;
   if (c.owner) config.owner = *c.owner;
   if (c.group) config.group = *c.group;
+  if (c.guest_mac_given) config.guest_mac = c.guest_mac;
+  if (c.lock_mac) config.lock_mac = *c.lock_mac;
+  if (c.clear_allow) config.allow.clear();
+  for (const auto& a : c.del_allow) std::erase(config.allow, a);
+  for (const auto& a : c.add_allow) config.allow.push_back(a);
+  std::sort(config.allow.begin(), config.allow.end());
+  config.allow.erase(std::unique(config.allow.begin(), config.allow.end()), config.allow.end());
   if (c.bridge) config.bridge = *c.bridge;
   if (c.up) config.up = *c.up;
   config.toggles = (config.toggles | c.toggles_on) & ~c.toggles_off;

@@ -19,7 +19,9 @@ namespace vp::control {
 ///   peer=PATH bind=PATH mac=MAC name=PREFIX peerfeats=N priority=N transport=T
 ///   bridge=BR address=CIDR (or a bare address) mtu=N legacy queues=N
 ///   mode=0660 owner=USER group=GROUP (of the bind socket, or of the TAP for transport=tap)
+///   allow=UID[:GID] (repeatable) guest-mac=MAC lock-mac
 ///   -peer -bind -peerfeats -bridge -address=CIDR -legacy -owner -group
+///   -allow -allow=UID[:GID] -guest-mac -lock-mac
 ///   rxcsum txcsum rxcsum6 txcsum6 tcp4csum udp4csum tcp6csum udp6csum tso4 tso6 (and -x)
 /// The same grammar serves vpctl, the config file, vpd's command line and the control
 /// protocol; this is its only parser.
@@ -41,7 +43,13 @@ struct Change {
   std::optional<uint32_t> socket_mode;  // mode=
   std::optional<std::string> owner;     // "" clears
   std::optional<std::string> group;     // "" clears
-  std::optional<std::string> bridge;    // "" leaves the bridge
+  std::vector<std::string> add_allow;   // allow=
+  std::vector<std::string> del_allow;   // -allow=X
+  bool clear_allow = false;             // -allow
+  bool guest_mac_given = false;
+  std::optional<net::Mac> guest_mac;  // with guest_mac_given: nullopt = back to the derived one
+  std::optional<bool> lock_mac;
+  std::optional<std::string> bridge;  // "" leaves the bridge
   std::vector<net::IfAddress> add_addresses;
   std::vector<net::IfAddress> del_addresses;
   uint32_t toggles_on = 0;

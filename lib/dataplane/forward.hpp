@@ -16,6 +16,7 @@
 
 #include <sys/uio.h>
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -38,6 +39,9 @@ struct NetSession {
   /// truncated (it is dropped and counted), so this only trades buffers popped for drops.
   uint32_t max_rx_frame = kMaxFrameSize;
   uint32_t budget = 64;  ///< chains (TX) or frames (RX) per call, then kBudget
+  /// lock-mac: TX frames must come from `guest_mac` (Ethernet source), else they are dropped.
+  bool lock_mac = false;
+  std::array<uint8_t, 6> guest_mac{};
 };
 
 /// The session for a set of negotiated features (hdr_len, mrg_rxbuf, features).
@@ -75,14 +79,17 @@ class NetScratch {
   /// Read past the guest buffers: a frame that reaches it did not fit (tun and SEQPACKET
   /// sockets truncate silently and return the truncated length).
   std::span<std::byte> probe() noexcept { return probe_; }
-  std::span<std::byte, kNetHdrSize> tx_header() noexcept { return tx_header_; }
+  /// The checked copy sent instead of the guest's bytes: the virtio header, and with
+  /// lock-mac the Ethernet addresses after it.
+  static constexpr std::size_t kTxCopySize = kNetHdrSize + 12;
+  std::span<std::byte, kTxCopySize> tx_header() noexcept { return tx_header_; }
 
  private:
   std::size_t iovecs_;
   std::unique_ptr<iovec[]> iov_;
   std::unique_ptr<RxBuffer[]> rx_;
   std::byte probe_[64] = {};
-  std::byte tx_header_[kNetHdrSize] = {};
+  std::byte tx_header_[kTxCopySize] = {};
 };
 
 /// One RX queue's place for a frame the TAP handed over while the guest had posted too few

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <optional>
 
 #include "dataplane/forward.hpp"
@@ -43,7 +44,8 @@ void count_header_fault(TxHeaderFault fault, NetCounters& c) noexcept {
 /// Checks one chain and writes its frame to the TAP. `chain.readable` is a subspan of the
 /// scratch array that starts at index 1, so the element before it is ours to overwrite.
 TxOutcome send_one(const virtio::Chain& chain, int tap_fd, const NetSession& s,
-                   std::span<std::byte, kNetHdrSize> hdr_copy, NetCounters& c) noexcept {
+                   std::span<std::byte, NetScratch::kTxCopySize> hdr_copy,
+                   NetCounters& c) noexcept {
   const uint32_t hdr_len = s.hdr_len;
   // GUEST: the chain's shape and lengths were bounded by the queue; the rules here are
   // virtio-net's. SPEC: virtio 1.2 §5.1.6.2: a TX buffer is device-readable only.
@@ -60,13 +62,21 @@ TxOutcome send_one(const virtio::Chain& chain, int tap_fd, const NetSession& s,
     ++c.tx_dropped_too_long;
     return TxOutcome::kDropped;
   }
-  // GUEST: the header is copied out once and only the copy is checked and sent: the guest
-  // may rewrite its buffer at any time, and the TAP must get what was checked.
-  const std::span<std::byte> hdr = hdr_copy.first(hdr_len);
-  detail::gather(chain.readable, hdr);
-  const TxHeaderFault fault = check_tx_header(decode_net_hdr(hdr), frame_len, s.features);
+  // GUEST: the header (and with lock-mac the Ethernet addresses) is copied out once and only
+  // the copy is checked and sent: the guest may rewrite its buffer at any time, and the TAP
+  // must get what was checked. The frame holds at least an Ethernet header (checked above).
+  const uint32_t copy_len = s.lock_mac ? hdr_len + 12 : hdr_len;
+  const std::span<std::byte> copy = hdr_copy.first(copy_len);
+  detail::gather(chain.readable, copy);
+  const TxHeaderFault fault =
+      check_tx_header(decode_net_hdr(copy.first(hdr_len)), frame_len, s.features);
   if (fault != TxHeaderFault::kNone) {
     count_header_fault(fault, c);
+    return TxOutcome::kDropped;
+  }
+  // lock-mac: no frame from the guest poses as another host.
+  if (s.lock_mac && std::memcmp(copy.data() + hdr_len + 6, s.guest_mac.data(), 6) != 0) {
+    ++c.tx_dropped_spoofed_mac;
     return TxOutcome::kDropped;
   }
 
@@ -75,7 +85,7 @@ TxOutcome send_one(const virtio::Chain& chain, int tap_fd, const NetSession& s,
   // data element. Zero-length descriptors produce no iovec, so each step consumes bytes and
   // an element with data follows (the frame has at least an Ethernet header).
   iovec* elem = chain.readable.data();
-  std::size_t skip = hdr_len;
+  std::size_t skip = copy_len;
   while (skip >= elem->iov_len) {
     skip -= elem->iov_len;
     ++elem;
@@ -83,7 +93,7 @@ TxOutcome send_one(const virtio::Chain& chain, int tap_fd, const NetSession& s,
   elem->iov_base = static_cast<std::byte*>(elem->iov_base) + skip;
   elem->iov_len -= skip;
   iovec* first = elem - 1;  // a consumed header element, or scratch slot 0
-  *first = iovec{hdr.data(), hdr_len};
+  *first = iovec{copy.data(), copy_len};
   const int count = static_cast<int>(chain.readable.data() + chain.readable.size() - first);
 
   ssize_t n;

@@ -24,6 +24,8 @@ struct NetCounters {
   uint64_t tx_dropped_gso_not_negotiated = 0;   ///< GSO type (or ECN) not acked
   uint64_t tx_dropped_bad_gso = 0;              ///< unknown type, gso_size 0, no NEEDS_CSUM
   uint64_t tx_dropped_hdr_len_past_frame = 0;
+  /// lock-mac: a frame whose Ethernet source is not the guest's MAC (impersonation).
+  uint64_t tx_dropped_spoofed_mac = 0;
   uint64_t tap_write_fails = 0;  ///< writev failed (not EAGAIN): frame dropped, chain returned
   uint64_t tx_tap_full = 0;      ///< writev said EAGAIN: chain rewound, wait for EPOLLOUT
   /// TX chains on a ring the front-end disabled (SET_VRING_ENABLE 0): given back unsent, as
@@ -90,6 +92,7 @@ inline constexpr NetCounterField kNetCounterFields[] = {
     {"tx_dropped_gso_not_negotiated", &NetCounters::tx_dropped_gso_not_negotiated},
     {"tx_dropped_bad_gso", &NetCounters::tx_dropped_bad_gso},
     {"tx_dropped_hdr_len_past_frame", &NetCounters::tx_dropped_hdr_len_past_frame},
+    {"tx_dropped_spoofed_mac", &NetCounters::tx_dropped_spoofed_mac},
     {"tap_write_fails", &NetCounters::tap_write_fails},
     {"tx_tap_full", &NetCounters::tx_tap_full},
     {"tx_dropped_ring_disabled", &NetCounters::tx_dropped_ring_disabled},

@@ -61,11 +61,17 @@ Result<Fd> listen_unix(const std::string& path, mode_t mode, gid_t gid) {
   const int bind_errno = errno;
   ::umask(old_umask);
   if (rc != 0) return sys_fail(str("bind ", path), bind_errno);
+  // From here on a failure removes the socket file it leaves behind (mode 0000: useless).
+  auto undo = [&](std::string_view step) {
+    const int e = errno;
+    ::unlink(path.c_str());
+    return sys_fail(str(step, " ", path), e);
+  };
   if (gid != static_cast<gid_t>(-1) && ::chown(path.c_str(), static_cast<uid_t>(-1), gid) != 0) {
-    return sys_fail(str("chown ", path), errno);
+    return undo("chown");
   }
-  if (::chmod(path.c_str(), mode) != 0) return sys_fail(str("chmod ", path), errno);
-  if (::listen(fd.get(), 128) != 0) return sys_fail(str("listen ", path), errno);
+  if (::chmod(path.c_str(), mode) != 0) return undo("chmod");
+  if (::listen(fd.get(), 128) != 0) return undo("listen");
   return fd;
 }
 

@@ -378,6 +378,28 @@ TYPED_TEST(DataplaneTx, disabled_ring_gives_every_chain_back_and_nothing_reaches
   EXPECT_EQ(this->counters_, want);
 }
 
+TYPED_TEST(DataplaneTx, lock_mac_sends_only_frames_from_the_guest_mac_and_the_checked_bytes) {
+  this->start(kVersion1);
+  this->session_.lock_mac = true;
+  this->session_.guest_mac = {0x02, 0, 0, 0, 0, 0x01};  // eth_frame()'s source
+  const Bytes good = test::concat(test::net_hdr(12), test::eth_frame(60, 1));
+  Bytes spoofed = test::concat(test::net_hdr(12), test::eth_frame(60, 2));
+  spoofed[12 + 11] = std::byte{0x02};  // source 02:00:00:00:00:02: another host
+  // The header and the addresses split over descriptors every way the guest may cut them.
+  const uint16_t a = this->offer(good, {5, 12, 3});
+  const uint16_t b = this->offer(spoofed, {17});
+  const uint16_t c = this->offer(good, {24});
+
+  const ForwardResult r = this->forward();
+  EXPECT_EQ(r.frames, 2u);
+  EXPECT_EQ(this->tap_.receive(), good);
+  EXPECT_EQ(this->tap_.receive(), good);
+  EXPECT_EQ(this->tap_.receive(), std::nullopt);
+  EXPECT_EQ(this->ring_->take_all_used(), (std::vector<UsedElem>{{a, 0}, {b, 0}, {c, 0}}));
+  EXPECT_EQ(this->counters_.tx_dropped_spoofed_mac, 1u);
+  EXPECT_EQ(this->counters_.tx_packets, 2u);
+}
+
 TEST(DataplaneTxStopped, unconfigured_queue_reports_stopped) {
   virtio::SplitQueue q;
   NetScratch scratch;

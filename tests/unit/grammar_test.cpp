@@ -862,3 +862,87 @@ TEST(EndpointJson, queues_and_socket_permissions_round_trip) {
 
 }  // namespace
 }  // namespace vp::control
+
+namespace vp::control {
+namespace {
+
+// --- allow=, guest-mac=, lock-mac (access control, issue 6) ----------------------------------
+
+TEST(AccessControl, allow_entries_are_numbers_sorted_and_unique) {
+  auto c = parse({"allow=64055:994", "allow=0", "allow=64055:994"});
+  ASSERT_TRUE(succeeded(c));
+  auto applied = apply_change(base(), *c);
+  ASSERT_TRUE(succeeded(applied));
+  EXPECT_EQ(applied->allow, (std::vector<std::string>{"0", "64055:994"}));
+  // One removed by name, then all.
+  auto minus = parse({"-allow=0"});
+  ASSERT_TRUE(succeeded(minus));
+  auto less = apply_change(*applied, *minus);
+  ASSERT_TRUE(succeeded(less));
+  EXPECT_EQ(less->allow, (std::vector<std::string>{"64055:994"}));
+  auto none = apply_change(*less, *parse({"-allow"}));
+  ASSERT_TRUE(succeeded(none));
+  EXPECT_TRUE(none->allow.empty());
+}
+
+TEST(AccessControl, allow_with_a_name_or_garbage_is_refused_with_an_example) {
+  for (const char* bad : {"allow=libvirt-qemu", "allow=", "allow=1:", "allow=:2", "allow=1:2:3",
+                          "allow=-1", "-allow=x"}) {
+    EXPECT_TRUE(fails_with(parse({bad}), "bad-value", {"allow=", "numbers", "e.g."})) << bad;
+  }
+}
+
+TEST(AccessControl, guest_mac_and_lock_mac_set_and_clear) {
+  auto c = apply_change(base(), *parse({"guest-mac=52:54:00:12:34:56", "lock-mac"}));
+  ASSERT_TRUE(succeeded(c));
+  EXPECT_EQ(c->guest_mac, mac("52:54:00:12:34:56"));
+  EXPECT_TRUE(c->lock_mac);
+  EXPECT_EQ(guest_mac_of(*c, "machine"), mac("52:54:00:12:34:56"));
+  auto cleared = apply_change(*c, *parse({"-guest-mac", "-lock-mac"}));
+  ASSERT_TRUE(succeeded(cleared));
+  EXPECT_FALSE(cleared->guest_mac.has_value());
+  EXPECT_FALSE(cleared->lock_mac);
+  // Back to the derived one: stable for a machine and a name.
+  EXPECT_EQ(guest_mac_of(*cleared, "machine"), guest_mac_of(*cleared, "machine"));
+  EXPECT_NE(guest_mac_of(*cleared, "machine"), mac("52:54:00:12:34:56"));
+}
+
+TEST(AccessControl, guest_mac_must_be_unicast_and_not_the_hosts) {
+  EXPECT_TRUE(fails_with(parse({"guest-mac=01:00:5e:00:00:01"}), "invalid-mac", {}));
+  const std::vector<std::string> same{"guest-mac=" + base().mac.to_string()};
+  EXPECT_TRUE(fails_with(apply_change(base(), *parse_change(same)), "duplicate-mac",
+                         {"guest-mac", "own addresses"}));
+}
+
+TEST(AccessControl, tap_transport_refuses_lock_mac_and_allow_saying_why) {
+  EXPECT_TRUE(fails_with(apply_change(base(), *parse({"transport=tap", "lock-mac"})),
+                         "conflicting-settings", {"not in the data path", "owner=/group="}));
+  EXPECT_TRUE(fails_with(apply_change(base(), *parse({"transport=tap", "allow=5"})),
+                         "conflicting-settings", {"lock-mac and allow="}));
+}
+
+TEST(AccessControl, peer_allowed_matches_uid_or_uid_and_gid) {
+  EXPECT_TRUE(peer_allowed({}, 1000, 1000)) << "no list: the socket's permissions decide";
+  const std::vector<std::string> allow{"64055", "107:994"};
+  EXPECT_TRUE(peer_allowed(allow, 64055, 1));
+  EXPECT_TRUE(peer_allowed(allow, 107, 994));
+  EXPECT_FALSE(peer_allowed(allow, 107, 995)) << "uid right, gid wrong";
+  EXPECT_FALSE(peer_allowed(allow, 0, 0)) << "root too is held to the list";
+}
+
+TEST(AccessControl, settings_round_trip_through_tokens_and_json) {
+  auto c = apply_change(
+      base(), *parse({"allow=5:6", "allow=7", "guest-mac=52:54:00:00:00:09", "lock-mac"}));
+  ASSERT_TRUE(succeeded(c));
+  auto from_tokens = apply_change(base(), *parse_change(to_tokens(*c)));
+  ASSERT_TRUE(succeeded(from_tokens));
+  EXPECT_EQ(*from_tokens, *c);
+  auto from_json = endpoint_from_json(nlohmann::json::parse(to_json(*c).dump()));
+  ASSERT_TRUE(succeeded(from_json));
+  EXPECT_EQ(*from_json, *c);
+  EXPECT_EQ(to_json(*c).at("allow"), (nlohmann::json{"5:6", "7"}));
+  EXPECT_EQ(to_json(*c).at("lock_mac"), true);
+}
+
+}  // namespace
+}  // namespace vp::control

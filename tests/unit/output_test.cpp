@@ -253,6 +253,22 @@ TEST(FormatShow, settings_of_a_full_endpoint) {
   EXPECT_EQ(show_line(out, "problem"), "");
 }
 
+TEST(FormatShow, access_control_settings_are_explained) {
+  control::EndpointConfig c = vp0();
+  EXPECT_EQ(show_value(format_show(described(c, "up", true, 0, json::array(), "")), "allow"),
+            "anyone the socket's permissions let in");
+  c.allow = {"0", "64055:994"};
+  c.guest_mac = mac("52:54:00:12:34:56");
+  c.lock_mac = true;
+  json d = described(c, "up", true, 0, json::array(), "");
+  d["status"]["guest_mac"] = "52:54:00:12:34:56";
+  d["status"]["refused_peers"] = 3;
+  const std::string out = format_show(d);
+  EXPECT_EQ(show_value(out, "allow"), "0 64055:994 (uid[:gid]; others refused: 3)");
+  EXPECT_EQ(show_value(out, "guest mac"),
+            "52:54:00:12:34:56 (lock-mac: other source MACs are dropped)");
+}
+
 TEST(FormatShow, features_and_tun_offloads_are_named) {
   const unsigned tun = net::tun_offloads_for(vp0().features());
   const std::string out = format_show(described(vp0(), "up", true, tun));
