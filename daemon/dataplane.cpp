@@ -557,8 +557,10 @@ class Port final : public Attachment, public vhost::Device {
     // After the whole batch: a ring that a message stopped and a later one restarted (a
     // memory table change, SET_VRING_ADDR) keeps its TAP queue.
     detach_idle_tap_queues();
-    mod_fd(backend_->fd(), tag(id_, EventKind::kConnection),
-           EPOLLIN | (backend_->wants_write() ? static_cast<uint32_t>(EPOLLOUT) : 0u));
+    // While a reply waits for room the session reads nothing, so it must not watch EPOLLIN:
+    // requests the front-end queued behind it would wake this worker in a loop.
+    const uint32_t interest = backend_->wants_write() ? EPOLLOUT : EPOLLIN;
+    mod_fd(backend_->fd(), tag(id_, EventKind::kConnection), interest);
     state_dirty_ = true;
   }
 
