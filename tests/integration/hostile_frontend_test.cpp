@@ -756,6 +756,32 @@ TEST_F(HostileFrontend, connect_disconnect_storm_of_a_thousand) {
   expect_unharmed();
 }
 
+TEST_F(HostileFrontend, connect_storm_against_a_connected_endpoint_leaves_its_session_alone) {
+  auto fe = attach_good("vp0");
+  ASSERT_TRUE(fe);
+  ASSERT_EQ(arp_round_trip(*fe, kVp0Guest, 5s), "") << vpd_->log();
+  auto sessions = [&] {
+    return vpd_->ctl_json({"vp0"})["status"]["session"].value("sessions", uint64_t{0});
+  };
+  const uint64_t sessions_before = sessions();
+  const std::string path = vpd_->runtime_dir() + "/vp0.sock";
+  const vhost::Header reset{vhost::code(Request::kResetOwner), vhost::kVersion, 0};
+  const auto deadline = steady_clock::now() + 60s;
+  int done = 0;
+  for (; done < 1000 && steady_clock::now() < deadline; ++done) {
+    auto c = connect_unix(path);
+    ASSERT_TRUE(c) << "connect " << done << ": " << c.error().message << "\n" << vpd_->log();
+    // A request that would reset the device, had it reached the session.
+    (void)::send(c->get(), &reset, sizeof reset, MSG_NOSIGNAL | MSG_DONTWAIT);
+  }
+  EXPECT_EQ(done, 1000) << "the storm took more than 60 s";
+  EXPECT_EQ(sessions(), sessions_before) << "every connection was turned away";
+  EXPECT_EQ(vpd_->ctl_json({"vp0"})["status"]["session"].value("queues_running", 0), 2);
+  EXPECT_EQ(arp_round_trip(*fe, kVp0Guest, 5s), "") << vpd_->log();
+  fe.reset();
+  expect_unharmed();
+}
+
 TEST_F(HostileFrontend, frontend_that_never_reads_replies_costs_vpd_neither_memory_nor_cpu) {
   auto fe = hostile();
   ASSERT_TRUE(fe);
