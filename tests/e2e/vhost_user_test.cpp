@@ -165,7 +165,7 @@ TEST_F(VhostUserE2E, vpd_dials_a_qemu_that_serves_the_socket_and_redials_when_it
   again.wait_exit(std::chrono::seconds(60));
 }
 
-TEST_F(VhostUserE2E, guest_traffic_resumes_after_vpd_is_killed_and_restarted) {
+TEST_F(VhostUserE2E, guest_traffic_resumes_after_vpd_is_killed_or_stopped_and_restarted) {
   ASSERT_EQ(ctl({"vp0", "create", "bridge=br0", "up"}).status, 0);
   const int ifindex = vpd_->ctl_json({"vp0"})["status"].value("ifindex", 0);
   const std::string sock = vpd_->runtime_dir() + "/vp0.sock";
@@ -191,6 +191,20 @@ TEST_F(VhostUserE2E, guest_traffic_resumes_after_vpd_is_killed_and_restarted) {
   EXPECT_TRUE(resumed) << guest.console().substr(mark) << "\nvpd log:\n" << vpd_->log();
   EXPECT_EQ(vpd_->ctl_json({"vp0"})["status"].value("ifindex", 0), ifindex)
       << "the TAP device survived the restart";
+
+  // A clean stop and start (systemctl restart) as well.
+  EXPECT_EQ(vpd_->stop(), 0) << vpd_->log();
+  ASSERT_EQ(vpd_->start(), "");
+  const size_t mark2 = guest.console().size();
+  resumed = false;
+  for (int i = 0; i < 600 && !resumed; ++i) {
+    resumed = guest.console().substr(mark2).find("VP-E2E-PING: ok") != std::string::npos;
+    if (!resumed) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(resumed) << guest.console().substr(mark2) << "\nvpd log:\n" << vpd_->log();
+  EXPECT_EQ(vpd_->ctl_json({"vp0"})["status"].value("ifindex", 0), ifindex);
+  EXPECT_EQ(vpd_->ctl_json({"vp0"})["status"].value("master", ""), "br0")
+      << "still a port of the bridge";
 }
 
 }  // namespace
