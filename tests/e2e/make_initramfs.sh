@@ -68,11 +68,13 @@ if [ "$ok" = 1 ] && ping -c "$count" -W 2 "$peer"; then
 else
   echo "VP-E2E-RESULT: fail"
 fi
-# VP_PINGLOOP=N (kernel command line): N more pings, one line each, so a test can watch
-# traffic stop and resume (e.g. across a vpd restart).
+# VP_PINGLOOP=N (kernel command line): N more pings, one line each, about a second apart
+# (answered or not), so a test can watch traffic stop and resume (e.g. across vpd restarts)
+# for N seconds.
 i=0
 while [ "$i" -lt "${VP_PINGLOOP:-0}" ]; do
-  if ping -c 1 -W 1 "$peer" >/dev/null 2>&1; then echo "VP-E2E-PING: ok $i"; else echo "VP-E2E-PING: fail $i"; sleep 1; fi
+  if ping -c 1 -W 1 "$peer" >/dev/null 2>&1; then echo "VP-E2E-PING: ok $i"; else echo "VP-E2E-PING: fail $i"; fi
+  sleep 1
   i=$((i + 1))
 done
 # VP_LINGER=S: stay up S seconds so the host can ping the guest.
