@@ -180,28 +180,28 @@ TEST_F(VhostUserE2E, guest_traffic_resumes_after_vpd_is_killed_or_stopped_and_re
   vpd_->kill9();
   std::this_thread::sleep_for(std::chrono::seconds(2));
   ASSERT_EQ(vpd_->start(), "");
-  const size_t mark = guest.console().size();
+  const size_t mark = guest.serial().size();
   // Pings resume: an "ok" line after the restart.
   bool resumed = false;
   for (int i = 0; i < 600 && !resumed; ++i) {
-    const std::string tail = guest.console().substr(mark);
+    const std::string tail = guest.serial().substr(mark);
     resumed = tail.find("VP-E2E-PING: ok") != std::string::npos;
     if (!resumed) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  EXPECT_TRUE(resumed) << guest.console().substr(mark) << "\nvpd log:\n" << vpd_->log();
+  EXPECT_TRUE(resumed) << guest.serial().substr(mark) << "\nvpd log:\n" << vpd_->log();
   EXPECT_EQ(vpd_->ctl_json({"vp0"})["status"].value("ifindex", 0), ifindex)
       << "the TAP device survived the restart";
 
   // A clean stop and start (systemctl restart) as well.
   EXPECT_EQ(vpd_->stop(), 0) << vpd_->log();
   ASSERT_EQ(vpd_->start(), "");
-  const size_t mark2 = guest.console().size();
+  const size_t mark2 = guest.serial().size();
   resumed = false;
   for (int i = 0; i < 600 && !resumed; ++i) {
-    resumed = guest.console().substr(mark2).find("VP-E2E-PING: ok") != std::string::npos;
+    resumed = guest.serial().substr(mark2).find("VP-E2E-PING: ok") != std::string::npos;
     if (!resumed) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  EXPECT_TRUE(resumed) << guest.console().substr(mark2) << "\nvpd log:\n" << vpd_->log();
+  EXPECT_TRUE(resumed) << guest.serial().substr(mark2) << "\nvpd log:\n" << vpd_->log();
   EXPECT_EQ(vpd_->ctl_json({"vp0"})["status"].value("ifindex", 0), ifindex);
   EXPECT_EQ(vpd_->ctl_json({"vp0"})["status"].value("master", ""), "br0")
       << "still a port of the bridge";

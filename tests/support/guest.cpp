@@ -87,6 +87,13 @@ std::string Guest::console() const {
   return out;
 }
 
+std::string Guest::serial() const {
+  std::ifstream in(console_path_);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
 bool Guest::wait_for(const std::string& needle, std::chrono::seconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {

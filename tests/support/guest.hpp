@@ -40,7 +40,10 @@ class Guest {
   std::string start(const GuestOptions& options);
   /// Waits until the serial console shows `needle` (or QEMU exits).
   bool wait_for(const std::string& needle, std::chrono::seconds timeout);
+  /// The serial console and, after it, QEMU's own messages (for failure output).
   std::string console() const;
+  /// The serial console alone: it only grows, so an offset into it marks a point in time.
+  std::string serial() const;
   /// Waits for QEMU to exit (killing it after `timeout`); returns its status.
   int wait_exit(std::chrono::seconds timeout);
   pid_t pid() const { return pid_; }
