@@ -151,6 +151,67 @@ class Attachment {
   }
   void del_fd(int fd) { ::epoll_ctl(epoll_, EPOLL_CTL_DEL, fd, nullptr); }
 
+  // The front-end's side, the same for every transport: the bind= socket vpd listens on and
+  // the peer= socket it dials (with a backoff timer while the VMM is absent).
+
+  /// Watches `listener` (bind=, may be invalid) and, with peer=, arms the redial timer.
+  void open_frontend_sockets(uint32_t id, const control::EndpointConfig& c, Fd listener) {
+    listener_ = std::move(listener);
+    if (listener_) add_fd(listener_.get(), tag(id, EventKind::kListener), EPOLLIN);
+    if (!c.peer.empty()) {
+      redial_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+      add_fd(redial_.get(), tag(id, EventKind::kRedial), EPOLLIN);
+    }
+  }
+  void close_frontend_sockets() {
+    if (listener_) del_fd(listener_.get());
+    if (redial_) del_fd(redial_.get());
+  }
+  /// Accepts every connection waiting on the bind socket: `start(conn)` for one that may be
+  /// served, the others refused and logged (one session at a time; allow=). True if allow=
+  /// refused one (the view's refused_peers changed).
+  template <class Start>
+  bool accept_frontends(const control::EndpointConfig& c, std::string_view what, bool busy,
+                        Start start) {
+    bool refused = false;
+    for (;;) {
+      Fd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+      if (!conn) return refused;
+      const auto peer = peer_credentials(conn.get());
+      if (busy) {
+        log::warning(c.name, ": refused a second frontend on ", c.bind, " (pid ", peer.pid,
+                     "); one is connected");
+        continue;
+      }
+      if (!admit(c.name, c, peer, refused_peers_)) {
+        refused = true;
+        continue;
+      }
+      log::notice(c.name, ": ", what, " connected on ", c.bind, " (uid ", peer.uid, " pid ",
+                  peer.pid, ")");
+      busy = true;
+      start(std::move(conn));
+    }
+  }
+  /// Dials peer=: `start(conn)` when the VMM answers, else the redial timer is armed.
+  template <class Start>
+  void dial_frontend(const control::EndpointConfig& c, std::string_view what, Start start) {
+    auto fd = connect_unix(c.peer);
+    if (!fd) {
+      arm_redial(redial_.get(), backoff_ms_);
+      return;
+    }
+    backoff_ms_ = 0;
+    ::fcntl(fd->get(), F_SETFL, ::fcntl(fd->get(), F_GETFL) | O_NONBLOCK);
+    log::notice(c.name, ": connected to ", what, " at ", c.peer);
+    start(std::move(*fd));
+  }
+
+  Fd listener_;
+  Fd redial_;
+  int backoff_ms_ = 0;
+  uint64_t refused_peers_ = 0;  // allow= turned them away
+
  private:
   int epoll_;
 };
@@ -217,7 +278,6 @@ class Port final : public Attachment, public vhost::Device {
         worker_(worker),
         id_(id),
         config_(std::move(config)),
-        listener_(std::move(listener)),
         shared_(std::move(shared)) {
     pairs_.resize(taps.size());  // sized once: the worker's tags index it
     for (size_t p = 0; p < taps.size(); ++p) pairs_[p].tap = std::move(taps[p]);
@@ -225,20 +285,15 @@ class Port final : public Attachment, public vhost::Device {
     for (uint32_t p = 1; p < pairs(); ++p) pairs_[p].detach_due = true;
     detach_idle_tap_queues();
     build_config_space();
-    if (listener_) add_fd(listener_.get(), tag(id_, EventKind::kListener), EPOLLIN);
-    if (!config_.peer.empty()) {
-      redial_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
-      add_fd(redial_.get(), tag(id_, EventKind::kRedial), EPOLLIN);
-      dial();
-    }
+    open_frontend_sockets(id_, config_, std::move(listener));
+    if (redial_) dial();
     state_dirty_ = true;
     publish();
   }
 
   ~Port() override {
     end_session("endpoint detached");
-    if (listener_) del_fd(listener_.get());
-    if (redial_) del_fd(redial_.get());
+    close_frontend_sockets();
   }
 
   const std::string& name() const override { return config_.name; }
@@ -478,35 +533,14 @@ class Port final : public Attachment, public vhost::Device {
   }
 
   void accept_frontend() {
-    for (;;) {
-      Fd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-      if (!conn) return;
-      if (backend_) {
-        log::warning(name(), ": refused a second frontend on ", config_.bind, " (pid ",
-                     peer_credentials(conn.get()).pid, "); one is connected");
-        continue;
-      }
-      const auto peer = peer_credentials(conn.get());
-      if (!admit(name(), config_, peer, refused_peers_)) {
-        state_dirty_ = true;
-        continue;
-      }
-      log::notice(name(), ": frontend connected on ", config_.bind, " (uid ", peer.uid, " pid ",
-                  peer.pid, ")");
-      start_session(std::move(conn));
+    if (accept_frontends(config_, "frontend", backend_ != nullptr,
+                         [&](Fd conn) { start_session(std::move(conn)); })) {
+      state_dirty_ = true;
     }
   }
 
   void dial() {
-    auto fd = connect_unix(config_.peer);
-    if (!fd) {
-      arm_redial(redial_.get(), backoff_ms_);
-      return;
-    }
-    backoff_ms_ = 0;
-    ::fcntl(fd->get(), F_SETFL, ::fcntl(fd->get(), F_GETFL) | O_NONBLOCK);
-    log::notice(name(), ": connected to frontend at ", config_.peer);
-    start_session(std::move(*fd));
+    dial_frontend(config_, "frontend", [&](Fd conn) { start_session(std::move(conn)); });
   }
 
   void start_session(Fd conn) {
@@ -707,8 +741,6 @@ class Port final : public Attachment, public vhost::Device {
   control::EndpointConfig config_;
   net::Mac config_guest_mac_ = guest_mac_for(config_);
   std::vector<Pair> pairs_;
-  Fd listener_;
-  Fd redial_;
   std::shared_ptr<Shared> shared_;
   std::unique_ptr<vhost::Backend> backend_;
   std::array<std::byte, 12> config_space_{};
@@ -717,8 +749,6 @@ class Port final : public Attachment, public vhost::Device {
   uint64_t acked_ = 0;
   unsigned tun_offloads_ = 0;
   uint64_t sessions_ = 0;
-  uint64_t refused_peers_ = 0;  // allow= turned them away
-  int backoff_ms_ = 0;
   bool carrier_ = false;
   bool pending_marked_ = false;
   bool state_dirty_ = false;
@@ -751,7 +781,6 @@ class StreamPort final : public Attachment {
         id_(id),
         config_(std::move(config)),
         tap_(std::move(tap)),
-        listener_(std::move(listener)),
         shared_(std::move(shared)),
         in_(std::make_unique<stream::Reassembler>()),
         out_(std::make_unique<OutBuffer>()),
@@ -763,12 +792,8 @@ class StreamPort final : public Attachment {
     }
     if (auto ok = tap_.set_offload(0); !ok) log::error(name(), ": ", ok.error().message);
     (void)tap_.set_carrier(false);
-    if (listener_) add_fd(listener_.get(), tag(id_, EventKind::kListener), EPOLLIN);
-    if (!config_.peer.empty()) {
-      redial_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
-      add_fd(redial_.get(), tag(id_, EventKind::kRedial), EPOLLIN);
-      dial();
-    }
+    open_frontend_sockets(id_, config_, std::move(listener));
+    if (redial_) dial();
     state_dirty_ = true;
     publish();
   }
@@ -776,8 +801,7 @@ class StreamPort final : public Attachment {
   ~StreamPort() override {
     redial_after_end_ = false;
     end_session("endpoint detached");
-    if (listener_) del_fd(listener_.get());
-    if (redial_) del_fd(redial_.get());
+    close_frontend_sockets();
   }
 
   const std::string& name() const override { return config_.name; }
@@ -838,35 +862,14 @@ class StreamPort final : public Attachment {
   }
 
   void accept_frontend() {
-    for (;;) {
-      Fd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-      if (!conn) return;
-      const auto peer = peer_credentials(conn.get());
-      if (conn_) {
-        log::warning(name(), ": refused a second frontend on ", config_.bind, " (pid ", peer.pid,
-                     "); one is connected");
-        continue;
-      }
-      if (!admit(name(), config_, peer, refused_peers_)) {
-        state_dirty_ = true;
-        continue;
-      }
-      log::notice(name(), ": stream frontend connected on ", config_.bind, " (uid ", peer.uid,
-                  " pid ", peer.pid, ")");
-      start_session(std::move(conn));
+    if (accept_frontends(config_, "stream frontend", conn_.valid(),
+                         [&](Fd conn) { start_session(std::move(conn)); })) {
+      state_dirty_ = true;
     }
   }
 
   void dial() {
-    auto fd = connect_unix(config_.peer);
-    if (!fd) {
-      arm_redial(redial_.get(), backoff_ms_);
-      return;
-    }
-    backoff_ms_ = 0;
-    ::fcntl(fd->get(), F_SETFL, ::fcntl(fd->get(), F_GETFL) | O_NONBLOCK);
-    log::notice(name(), ": connected to stream frontend at ", config_.peer);
-    start_session(std::move(*fd));
+    dial_frontend(config_, "stream frontend", [&](Fd conn) { start_session(std::move(conn)); });
   }
 
   void start_session(Fd conn) {
@@ -1095,8 +1098,6 @@ class StreamPort final : public Attachment {
   uint32_t id_;
   control::EndpointConfig config_;
   net::Tap tap_;
-  Fd listener_;
-  Fd redial_;
   std::shared_ptr<Shared> shared_;
   Fd conn_;
   std::unique_ptr<stream::Reassembler> in_;  // sized once, for the largest legal frame
@@ -1105,9 +1106,7 @@ class StreamPort final : public Attachment {
   size_t hdr_len_;
   dataplane::NetCounters local_;
   uint64_t sessions_ = 0;
-  uint64_t refused_peers_ = 0;  // allow= turned them away
   net::Mac guest_mac_ = control::guest_mac_of(config_, net::read_machine_id());
-  int backoff_ms_ = 0;
   uint32_t conn_events_ = 0;
   uint32_t tap_events_ = 0;
   bool conn_registered_ = false;
