@@ -91,6 +91,187 @@ std::string status_line(const Registry& r, const std::string& socket) {
   return s;
 }
 
+/// Blocks the signals vpd reads from its signalfd. Called before any thread starts, so that
+/// every data-path worker inherits the mask and none of them takes SIGTERM's default action.
+sigset_t block_signals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&signals, s);
+  ::sigprocmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+  return signals;
+}
+
+/// One vpd per state directory: an exclusive lock on STATE_DIR/vpd.lock, held while the
+/// returned fd is open.
+Result<Fd> lock_state_dir(const Options& o) {
+  for (const auto* dir : {&o.runtime_dir, &o.state_dir}) {
+    if (auto ok = make_directories(*dir, 0755); !ok) return std::unexpected(ok.error());
+  }
+  const std::string lock_path = o.state_dir + "/vpd.lock";
+  Fd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!lock || ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
+    return fail("locked", str("another vpd is already running with state directory ", o.state_dir,
+                              " (", lock_path, " is locked)"));
+  }
+  return lock;
+}
+
+/// The saved endpoints. A corrupt state file is set aside (never overwritten) and vpd
+/// starts from the declared endpoints only; one that cannot be set aside stops vpd.
+Result<control::State> load_saved_state(const std::string& path) {
+  auto state = control::load_state(path);
+  if (state || state.error().code != "state-corrupt") return state;
+  auto aside = control::set_aside(path);
+  if (!aside) {
+    return fail("state-corrupt", str("the state file is corrupt (", state.error().message,
+                                     ") and could not be set aside: ", aside.error().message,
+                                     "; vpd will not overwrite it, so it stops here"));
+  }
+  log::error("the state file is corrupt (", state.error().message, "); kept it as ", *aside,
+             " and started from the declared endpoints only");
+  return control::State{};
+}
+
+/// Registers `fd` for EPOLLIN with its own number as the tag.
+void watch_readable(int epoll, int fd) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = fd;
+  ::epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &ev);
+}
+
+/// The control thread once vpd is ready: signals, a periodic tick and the control clients,
+/// in one epoll.
+class ControlLoop {
+ public:
+  ControlLoop(const Options& options, const sigset_t& signals, Registry& registry,
+              Dataplane& dataplane, std::string socket_path)
+      : options_(options),
+        registry_(registry),
+        dataplane_(dataplane),
+        socket_path_(std::move(socket_path)),
+        epoll_(::epoll_create1(EPOLL_CLOEXEC)),
+        sigfd_(::signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC)) {}
+
+  /// Serves until a stop signal (0) or a failure (1). `listener` is the control socket.
+  int run(Fd listener, bool activated) {
+    if (!epoll_ || !sigfd_) {
+      log::error("control loop: ", std::strerror(errno));
+      return 1;
+    }
+    ControlServer server(std::move(listener), epoll_.get(),
+                         [&](const control::Request& request, const PeerCredentials& peer) {
+                           return handle(request, peer);
+                         });
+    start_tick();
+    watch_readable(epoll_.get(), sigfd_.get());
+    watch_readable(epoll_.get(), timer_.get());
+    log::notice("vpd ", kVersion, " ready: ", registry_.size(), " endpoint",
+                registry_.size() == 1 ? "" : "s", ", control socket ", socket_path_,
+                activated ? " (from systemd)" : "");
+    sd_notify(0, str("READY=1\n", status_line(registry_, socket_path_)).c_str());
+    if (watchdog_) pet_watchdog();
+
+    for (;;) {
+      epoll_event events[32];
+      const int n = ::epoll_wait(epoll_.get(), events, 32, -1);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        log::error("epoll_wait: ", std::strerror(errno));
+        return 1;
+      }
+      for (int i = 0; i < n; ++i) {
+        const int fd = events[i].data.fd;
+        if (fd == sigfd_.get()) {
+          if (!on_signals()) return 0;
+        } else if (fd == timer_.get()) {
+          uint64_t ticks = 0;
+          (void)!::read(timer_.get(), &ticks, sizeof ticks);
+          if (watchdog_) pet_watchdog();
+          server.sweep_idle();
+        } else if (server.owns(fd)) {
+          server.on_event(fd, events[i].events);
+        }
+      }
+    }
+  }
+
+ private:
+  control::Response handle(const control::Request& request, const PeerCredentials& peer) {
+    const Caller caller{str("uid ", peer.uid, " pid ", peer.pid)};
+    control::Response response = registry_.handle(request, caller);
+    const bool change = request.op == control::op::kCreate || request.op == control::op::kSet ||
+                        request.op == control::op::kDestroy;
+    if (change && !response.ok) {
+      log::info(request.endpoint.empty() ? "vpctl" : request.endpoint, ": refused ", request.op,
+                " (", response.error.code, ") from ", caller.who, ": ", response.error.message);
+    }
+    return response;
+  }
+
+  /// One periodic tick: the watchdog (at half its interval) and idle-client sweeping.
+  void start_tick() {
+    watchdog_ = sd_watchdog_enabled(0, &watchdog_usec_) > 0;
+    uint64_t tick_usec = 5'000'000;
+    if (watchdog_)
+      tick_usec = std::min<uint64_t>(tick_usec, std::max<uint64_t>(watchdog_usec_ / 2, 1000));
+    timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    itimerspec spec{};
+    spec.it_interval.tv_sec = static_cast<time_t>(tick_usec / 1'000'000);
+    spec.it_interval.tv_nsec = static_cast<long>(tick_usec % 1'000'000 * 1000);
+    spec.it_value = spec.it_interval;
+    ::timerfd_settime(timer_.get(), 0, &spec, nullptr);
+  }
+
+  /// WATCHDOG=1 only while the control thread runs (this call) AND every data-path worker
+  /// answers: a wedged worker must let systemd restart vpd.
+  void pet_watchdog() { sd_notify(0, "WATCHDOG=1"); }
+
+  /// Reads the pending signals: SIGHUP reloads the configuration, the others stop vpd.
+  /// False when vpd is to stop.
+  bool on_signals() {
+    signalfd_siginfo si{};
+    while (::read(sigfd_.get(), &si, sizeof si) == sizeof si) {
+      if (si.ssi_signo != SIGHUP) {
+        log::notice("stopping on signal ", static_cast<int>(si.ssi_signo),
+                    "; TAP devices stay for the next start");
+        return false;
+      }
+      sd_notify(0, "RELOADING=1\nSTATUS=reloading the configuration");
+      auto again = read_declarations(options_);
+      if (!again) {
+        log::error("reload refused, endpoints left as they are: ", again.error().message);
+      } else {
+        registry_.apply_declarations(*again);
+        log::notice("configuration reloaded from ", options_.config);
+      }
+      sd_notify(0, str("READY=1\n", status_line(registry_, socket_path_)).c_str());
+    }
+    return true;
+  }
+
+  const Options& options_;
+  Registry& registry_;
+  Dataplane& dataplane_;
+  std::string socket_path_;
+  Fd epoll_;
+  Fd sigfd_;
+  Fd timer_;
+  bool watchdog_ = false;
+  uint64_t watchdog_usec_ = 0;
+};
+
+/// A control socket vpd made itself goes when vpd goes; systemd's stays with systemd.
+struct UnlinkOnExit {
+  std::string path;
+  ~UnlinkOnExit() {
+    if (!path.empty()) ::unlink(path.c_str());
+  }
+};
+
+/// Start-up: declarations, the state directory, the saved state, netlink, the data-path
+/// workers and the registry; then the control loop until vpd stops.
 int run(const Options& o) {
   if (o.verbose) log::set_threshold(log::Level::kDebug);
   auto declarations = read_declarations(o);
@@ -106,50 +287,19 @@ int run(const Options& o) {
   if (::geteuid() != 0) {
     log::warning("vpd is not running as root; creating TAP devices needs CAP_NET_ADMIN");
   }
-
-  // Block the signals vpd reads from its signalfd before any thread starts, so that every
-  // data-path worker inherits the mask and none of them takes SIGTERM's default action.
-  sigset_t signals;
-  sigemptyset(&signals);
-  for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&signals, s);
-  ::sigprocmask(SIG_BLOCK, &signals, nullptr);
-  ::signal(SIGPIPE, SIG_IGN);
-
+  const sigset_t signals = block_signals();
   StoppingGuard stopping;
-  for (const auto* dir : {&o.runtime_dir, &o.state_dir}) {
-    if (auto ok = make_directories(*dir, 0755); !ok) {
-      log::error(ok.error().message);
-      return 1;
-    }
-  }
-  // One vpd per state directory.
-  const std::string lock_path = o.state_dir + "/vpd.lock";
-  Fd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-  if (!lock || ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
-    log::error("another vpd is already running with state directory ", o.state_dir, " (", lock_path,
-               " is locked)");
+  auto lock = lock_state_dir(o);
+  if (!lock) {
+    log::error(lock.error().message);
     return 1;
   }
-
   const std::string state_path = o.state_dir + "/state.json";
-  auto state = control::load_state(state_path);
-  if (!state && state.error().code == "state-corrupt") {
-    auto aside = control::set_aside(state_path);
-    if (!aside) {
-      log::error("the state file is corrupt (", state.error().message,
-                 ") and could not be set aside: ", aside.error().message,
-                 "; vpd will not overwrite it, so it stops here");
-      return 1;
-    }
-    log::error("the state file is corrupt (", state.error().message, "); kept it as ", *aside,
-               " and started from the declared endpoints only");
-    state = control::State{};
-  }
+  auto state = load_saved_state(state_path);
   if (!state) {
     log::error(state.error().message);
     return 1;
   }
-
   auto netlink = net::Netlink::open();
   if (!netlink) {
     log::error(netlink.error().message);
@@ -163,11 +313,6 @@ int run(const Options& o) {
   registry.restore(*state);
   registry.apply_declarations(*declarations);
 
-  Fd epoll(::epoll_create1(EPOLL_CLOEXEC));
-  if (!epoll) {
-    log::error("epoll_create1: ", std::strerror(errno));
-    return 1;
-  }
   const std::string socket_path = o.runtime_dir + "/control.sock";
   bool activated = false;
   auto listener = control_socket(socket_path, activated);
@@ -175,94 +320,9 @@ int run(const Options& o) {
     log::error("control socket: ", listener.error().message);
     return 1;
   }
-  // A socket vpd made itself goes when vpd goes; systemd's stays with systemd.
-  struct Unlink {
-    std::string path;
-    ~Unlink() {
-      if (!path.empty()) ::unlink(path.c_str());
-    }
-  } unlink_socket{activated ? std::string() : socket_path};
-  ControlServer server(
-      std::move(*listener), epoll.get(),
-      [&](const control::Request& request, const PeerCredentials& peer) {
-        const Caller caller{str("uid ", peer.uid, " pid ", peer.pid)};
-        control::Response response = registry.handle(request, caller);
-        const bool change = request.op == control::op::kCreate || request.op == control::op::kSet ||
-                            request.op == control::op::kDestroy;
-        if (change && !response.ok) {
-          log::info(request.endpoint.empty() ? "vpctl" : request.endpoint, ": refused ", request.op,
-                    " (", response.error.code, ") from ", caller.who, ": ", response.error.message);
-        }
-        return response;
-      });
-
-  Fd sigfd(::signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC));
-
-  // One periodic tick: the watchdog (at half its interval) and idle-client sweeping.
-  uint64_t watchdog_usec = 0;
-  const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0;
-  uint64_t tick_usec = 5'000'000;
-  if (watchdog)
-    tick_usec = std::min<uint64_t>(tick_usec, std::max<uint64_t>(watchdog_usec / 2, 1000));
-  Fd timer(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
-  itimerspec spec{};
-  spec.it_interval.tv_sec = static_cast<time_t>(tick_usec / 1'000'000);
-  spec.it_interval.tv_nsec = static_cast<long>(tick_usec % 1'000'000 * 1000);
-  spec.it_value = spec.it_interval;
-  ::timerfd_settime(timer.get(), 0, &spec, nullptr);
-
-  for (int fd : {sigfd.get(), timer.get()}) {
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.fd = fd;
-    ::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &ev);
-  }
-
-  log::notice("vpd ", kVersion, " ready: ", registry.size(), " endpoint",
-              registry.size() == 1 ? "" : "s", ", control socket ", socket_path,
-              activated ? " (from systemd)" : "");
-  sd_notify(0, str("READY=1\n", status_line(registry, socket_path)).c_str());
-  if (watchdog) sd_notify(0, "WATCHDOG=1");
-
-  for (;;) {
-    epoll_event events[32];
-    const int n = ::epoll_wait(epoll.get(), events, 32, -1);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      log::error("epoll_wait: ", std::strerror(errno));
-      return 1;
-    }
-    for (int i = 0; i < n; ++i) {
-      const int fd = events[i].data.fd;
-      if (fd == sigfd.get()) {
-        signalfd_siginfo si{};
-        while (::read(sigfd.get(), &si, sizeof si) == sizeof si) {
-          if (si.ssi_signo == SIGHUP) {
-            sd_notify(0, "RELOADING=1\nSTATUS=reloading the configuration");
-            auto again = read_declarations(o);
-            if (!again) {
-              log::error("reload refused, endpoints left as they are: ", again.error().message);
-            } else {
-              registry.apply_declarations(*again);
-              log::notice("configuration reloaded from ", o.config);
-            }
-            sd_notify(0, str("READY=1\n", status_line(registry, socket_path)).c_str());
-          } else {
-            log::notice("stopping on signal ", static_cast<int>(si.ssi_signo),
-                        "; TAP devices stay for the next start");
-            return 0;
-          }
-        }
-      } else if (fd == timer.get()) {
-        uint64_t ticks = 0;
-        (void)!::read(timer.get(), &ticks, sizeof ticks);
-        if (watchdog) sd_notify(0, "WATCHDOG=1");
-        server.sweep_idle();
-      } else if (server.owns(fd)) {
-        server.on_event(fd, events[i].events);
-      }
-    }
-  }
+  UnlinkOnExit unlink_socket{activated ? std::string() : socket_path};
+  ControlLoop loop(o, signals, registry, dataplane, socket_path);
+  return loop.run(std::move(*listener), activated);
 }
 
 }  // namespace
