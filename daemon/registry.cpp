@@ -9,8 +9,8 @@
 #include <cerrno>
 #include <charconv>
 #include <set>
-#include <tuple>
 
+#include "control/keys.hpp"
 #include "net/ethtool.hpp"
 #include "net/ifname.hpp"
 #include "sys/log.hpp"
@@ -86,11 +86,8 @@ Result<void> Registry::sync_dataplane(Endpoint& e, const EndpointConfig* before,
     dataplane_.detach(c.name);
     return {};
   }
-  auto guest_sees = [](const EndpointConfig& x) {
-    return std::tie(x.transport, x.peer, x.bind, x.peerfeats, x.legacy, x.mtu, x.toggles, x.queues,
-                    x.socket_mode, x.owner, x.group, x.allow, x.guest_mac, x.lock_mac);
-  };
-  if (before && dataplane_.attached(c.name) && guest_sees(*before) == guest_sees(c)) {
+  // A change the guest does not see (priority, bridge, addresses...) leaves the session be.
+  if (before && dataplane_.attached(c.name) && !control::guest_sees_change(*before, c)) {
     if (before->priority != c.priority) dataplane_.set_priority(c.name, c.priority);
     return {};
   }
