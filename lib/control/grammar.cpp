@@ -52,6 +52,21 @@ Error unknown(std::string_view token, bool negated) {
                    negated ? str(", and ", removal_words(), " to remove one") : "")};
 }
 
+// Rules between the tokens of one change.
+Result<void> check_combination(const Change& c) {
+  if (c.destroy && (c.create || c.up || c.prefix || !c.sets_nothing())) {
+    return fail("conflicting-settings", "destroy cannot be combined with other settings");
+  }
+  for (const auto& a : c.add_addresses) {
+    if (std::any_of(c.del_addresses.begin(), c.del_addresses.end(),
+                    [&](const auto& d) { return d.family == a.family && d.bytes == a.bytes; })) {
+      return fail("conflicting-settings",
+                  str("address ", a.to_string(), " is both added and removed"));
+    }
+  }
+  return {};
+}
+
 }  // namespace
 
 bool Change::sets_nothing() const {
@@ -163,16 +178,7 @@ Result<Change> parse_change(std::span<const std::string> tokens) {
     if (!row || row->value.empty()) return std::unexpected(unknown(token, false));
     if (auto ok = row->parse(c, value); !ok) return std::unexpected(ok.error());
   }
-  if (c.destroy && (c.create || c.up || c.prefix || !c.sets_nothing())) {
-    return fail("conflicting-settings", "destroy cannot be combined with other settings");
-  }
-  for (const auto& a : c.add_addresses) {
-    if (std::any_of(c.del_addresses.begin(), c.del_addresses.end(),
-                    [&](const auto& d) { return d.family == a.family && d.bytes == a.bytes; })) {
-      return fail("conflicting-settings",
-                  str("address ", a.to_string(), " is both added and removed"));
-    }
-  }
+  if (auto ok = check_combination(c); !ok) return std::unexpected(ok.error());
   return c;
 }
 
