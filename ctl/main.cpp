@@ -9,12 +9,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "control/grammar.hpp"
+#include "control/keys.hpp"
 #include "control/protocol.hpp"
 #include "ctl/output.hpp"
 #include "net/ifname.hpp"
+#include "net/offloads.hpp"
 #include "sys/str.hpp"
 #include "sys/unix_socket.hpp"
 #include "vp/version.hpp"
@@ -30,7 +33,7 @@ constexpr int kRefused = 1;
 constexpr int kUsage = 2;
 constexpr int kUnreachable = 3;
 
-constexpr const char* kHelp =
+constexpr const char* kHelpCommands =
     "Usage: vpctl [--socket PATH] [--json] COMMAND\n"
     "\n"
     "Commands:\n"
@@ -42,15 +45,80 @@ constexpr const char* kHelp =
     "  vpctl NAME SETTING...           change it; also up, down\n"
     "  vpctl NAME destroy              remove it and its TAP device\n"
     "  vpctl NAME qemu-args            VMM options that attach a guest to it\n"
-    "  vpctl NAME stats                its data path's counters (drops by reason, kicks...)\n"
-    "\n"
-    "Settings: peer=PATH bind=PATH mac=MAC peerfeats=MASK legacy priority=N\n"
-    "  transport=vhost-user|stream|tap bridge=BR address=CIDR mtu=N, -peer -bind -peerfeats\n"
-    "  -bridge -legacy -address=CIDR, and offload toggles rxcsum txcsum rxcsum6 txcsum6\n"
-    "  tcp4csum udp4csum tcp6csum udp6csum tso4 tso6 (prefix - to disable).\n"
+    "  vpctl NAME stats                its data path's counters (drops by reason, kicks...)\n";
+
+constexpr const char* kHelpTail =
     "\n"
     "The control socket is --socket PATH, else $VPD_SOCKET, else /run/vpd/control.sock.\n"
     "Exit status: 0 done, 1 refused by vpd, 2 usage error, 3 vpd not reachable.\n";
+
+// Appends `word` to `out`, breaking lines before column 80 under an indent of two.
+void wrap(std::string& out, size_t& column, std::string_view word) {
+  if (column + 1 + word.size() > 80) {
+    out += "\n  ";
+    column = 2;
+  } else if (column > 0) {
+    out += ' ';
+    ++column;
+  }
+  out += word;
+  column += word.size();
+}
+
+// The help text. Its settings come from the table of endpoint keys, so every key is there.
+std::string help_text() {
+  std::string out = kHelpCommands;
+  out += "\n";
+  size_t column = 0;
+  wrap(out, column, "Settings:");
+  for (const control::KeyRow& row : control::endpoint_keys()) {
+    wrap(out, column, control::key_usage(row) + (row.create_only ? " (create)" : ""));
+  }
+  wrap(out, column, "up down. To remove one:");
+  std::vector<std::string> removals;
+  for (const control::KeyRow& row : control::endpoint_keys()) {
+    if (row.clear) removals.push_back(str("-", row.name));
+    if (row.remove) removals.push_back(str("-", row.name, "=", row.value));
+  }
+  removals.back() += ".";
+  for (const auto& word : removals) wrap(out, column, word);
+  wrap(out, column, "Offload toggles:");
+  for (const auto& t : control::split_commas(vp::net::toggle_names(vp::net::toggle::kAll))) {
+    wrap(out, column, t);
+  }
+  wrap(out, column, "(prefix - to disable).");
+  out += "\n";
+  out += kHelpTail;
+  return out;
+}
+
+// `vpctl --words KIND` (for the shell completion, which so follows the table): keys
+// (key= of an endpoint), create (key= only create takes), flags, removals, toggles.
+int print_words(std::string_view kind) {
+  std::string out;
+  auto add = [&](std::string_view word) {
+    if (!out.empty()) out += ' ';
+    out += word;
+  };
+  for (const control::KeyRow& row : control::endpoint_keys()) {
+    const bool valued = !row.value.empty();
+    if (kind == "keys" && valued && !row.create_only) add(str(row.name, "="));
+    if (kind == "create" && valued && row.create_only) add(str(row.name, "="));
+    if (kind == "flags" && !valued) add(row.name);
+    if (kind == "removals" && row.clear) add(str("-", row.name));
+    if (kind == "removals" && row.remove) add(str("-", row.name, "="));
+  }
+  if (kind == "toggles") {
+    for (const auto& t : control::split_commas(vp::net::toggle_names(vp::net::toggle::kAll))) {
+      add(t);
+    }
+  } else if (kind != "keys" && kind != "create" && kind != "flags" && kind != "removals") {
+    std::fprintf(stderr, "vpctl: --words takes keys, create, flags, removals or toggles\n");
+    return kUsage;
+  }
+  std::printf("%s\n", out.c_str());
+  return kDone;
+}
 
 int usage_error(const std::string& message) {
   std::fprintf(stderr, "vpctl: %s\nTry 'vpctl --help'.\n", message.c_str());
@@ -136,8 +204,11 @@ int main(int argc, char** argv) {
       }
       if (socket_path.empty()) return usage_error("--socket needs a path");
     } else if (arg == "--help" || arg == "-h" || arg == "help") {
-      std::fputs(kHelp, stdout);
+      std::fputs(help_text().c_str(), stdout);
       return kDone;
+    } else if (arg == "--words") {
+      if (i + 1 >= argc) return usage_error("--words needs a kind");
+      return print_words(argv[i + 1]);
     } else if (arg == "--version") {
       std::printf("vpctl %s\n", vp::kVersion);
       return kDone;

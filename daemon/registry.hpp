@@ -12,27 +12,14 @@
 #include "control/protocol.hpp"
 #include "control/state_file.hpp"
 #include "daemon/dataplane.hpp"
+#include "daemon/endpoint.hpp"
+#include "daemon/steps.hpp"
 #include "net/link.hpp"
 #include "net/tap.hpp"
 #include "sys/error.hpp"
 #include "sys/unix_socket.hpp"
 
 namespace vp::daemon {
-
-/// ifalias that marks a TAP as a vpd endpoint: vpd re-adopts such a TAP and refuses to
-/// take over any other interface.
-inline constexpr std::string_view kAliasMarker = "vpd endpoint";
-
-/// One endpoint: its declared configuration and the kernel objects that realise it.
-struct Endpoint {
-  control::EndpointConfig config;
-  std::string declared;  // see SavedEndpoint::declared
-  net::Tap tap;          // vpd's own queue; invalid while the TAP could not be opened
-  int ifindex = 0;
-  unsigned tun_offloads = 0;          // what TUNSETOFFLOAD accepted
-  int vnet_hdr_len = 0;               // what TUNSETVNETHDRSZ was given
-  std::vector<std::string> problems;  // why the kernel does not match config, if it does not
-};
 
 /// Who asked for a change (logged with it).
 struct Caller {
@@ -83,14 +70,10 @@ class Registry {
   /// Fills in what the user left to vpd (the default bind socket) and clears what
   /// the transport cannot have.
   void normalize(control::EndpointConfig& config) const;
-  /// Checks rules that span endpoints and the host: duplicate MAC or socket path,
-  /// bridge existence, name owned by another interface.
-  Result<void> check(const control::EndpointConfig& config, const Endpoint* self);
-  /// Opens (adopting or creating) the endpoint's TAP when it is not open.
-  Result<void> ensure_tap(Endpoint& e);
-  /// transport=tap: creates or adopts the persistent TAP (multiqueue when queues>1), hands it
-  /// to owner=/group= and lets go of it, so that the VMM opens it by name.
-  Result<void> provision_tap(Endpoint& e, const control::EndpointConfig& config);
+  /// Refuses what clashes with other endpoints or the host: a duplicate MAC or socket
+  /// path, a bridge that is missing or no bridge, owner=/group= naming no account, and a
+  /// name owned by an interface that is not a vpd TAP.
+  Result<void> check_conflicts(const control::EndpointConfig& config, const Endpoint* self);
   /// Makes the kernel match `want`; `before` is what was applied before (nullptr when
   /// unknown), so that only addresses vpd itself put there are removed.
   /// With `problems`, every failing step is recorded there and the rest still done (used
@@ -98,16 +81,21 @@ class Registry {
   Result<void> realise(Endpoint& e, const control::EndpointConfig* before,
                        const control::EndpointConfig& want,
                        std::vector<std::string>* problems = nullptr);
-  /// Puts an adopted interface back as it was found (after a refused create).
-  void put_back(int ifindex, const net::LinkInfo& was,
-                const std::vector<net::IfAddress>& addresses);
+  struct LinkState;
+  /// realise()'s steps: the TAP and its link; then MAC, MTU, bridge, down; then the
+  /// addresses (planned from what the kernel has), up and the data plane.
+  std::vector<Step> tap_steps(Endpoint& e, const control::EndpointConfig& want, LinkState& link);
+  std::vector<Step> link_steps(Endpoint& e, const control::EndpointConfig& want, LinkState& link);
+  std::vector<Step> address_steps(Endpoint& e, const control::EndpointConfig* before,
+                                  const control::EndpointConfig& want, const LinkState& link);
   /// Hands the endpoint's guest side to the data plane when it has none yet or a setting
   /// that the guest sees changed (the guest then reconnects).
   Result<void> sync_dataplane(Endpoint& e, const control::EndpointConfig* before,
                               const control::EndpointConfig& want);
-  /// Removes the TAP device.
+  /// Lets the data plane go of the endpoint and deletes its TAP.
   Result<void> remove_tap(Endpoint& e);
   Result<void> save();
+  /// The endpoint's configuration with its live status (kernel link, guest session).
   nlohmann::json describe(const Endpoint& e);
 
   net::Netlink netlink_;

@@ -6,6 +6,7 @@
 #include <set>
 #include <sstream>
 
+#include "control/keys.hpp"
 #include "net/ifname.hpp"
 #include "sys/str.hpp"
 
@@ -111,13 +112,17 @@ Result<std::vector<ConfigEntry>> parse_command_line_specs(std::span<const std::s
   std::vector<std::vector<std::string>> groups;
   for (const auto& arg : args) {
     for (auto& token : split_commas(arg)) {
-      // A peer= or bind= the current group already has starts the next endpoint.
-      auto repeats = [&](std::string_view key) {
-        return token.starts_with(key) &&
-               std::any_of(groups.back().begin(), groups.back().end(),
-                           [&](const auto& t) { return t.starts_with(key); });
+      // A key that starts endpoints (peer=, bind=) which the current group already has
+      // starts the next endpoint.
+      auto repeats = [&] {
+        return std::any_of(endpoint_keys().begin(), endpoint_keys().end(), [&](const KeyRow& row) {
+          const std::string key = str(row.name, "=");
+          return row.starts_endpoint && token.starts_with(key) &&
+                 std::any_of(groups.back().begin(), groups.back().end(),
+                             [&](const auto& t) { return t.starts_with(key); });
+        });
       };
-      if (groups.empty() || repeats("peer=") || repeats("bind=")) groups.emplace_back();
+      if (groups.empty() || repeats()) groups.emplace_back();
       groups.back().push_back(std::move(token));
     }
   }

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "control/grammar.hpp"
+#include "control/keys.hpp"
 #include "net/ifname.hpp"
 #include "sys/str.hpp"
 
@@ -108,131 +109,46 @@ Result<void> validate(const EndpointConfig& c) {
 }
 
 json to_json(const EndpointConfig& c) {
-  json addresses = json::array();
-  for (const auto& a : c.addresses) addresses.push_back(a.to_string());
-  return json{
+  json j{
       {"name", c.name},
-      {"transport", transport_name(c.transport)},
-      {"peer", c.peer},
-      {"bind", c.bind},
-      {"mac", c.mac.to_string()},
-      {"peerfeats", c.peerfeats ? json(peerfeats_text(c.peerfeats)) : json(nullptr)},
-      {"legacy", c.legacy},
-      {"priority", c.priority},
-      {"mtu", c.mtu},
-      {"bridge", c.bridge},
-      {"addresses", addresses},
       {"toggles", net::toggle_names(c.toggles)},
       {"up", c.up},
-      {"queues", c.queues},
-      {"mode", mode_text(c.socket_mode)},
-      {"owner", c.owner},
-      {"group", c.group},
-      {"allow", c.allow},
-      {"guest_mac", c.guest_mac ? json(c.guest_mac->to_string()) : json(nullptr)},
-      {"lock_mac", c.lock_mac},
   };
+  for (const KeyRow& row : endpoint_keys()) {
+    if (row.get) j[std::string(row.json_field)] = row.get(c);
+  }
+  return j;
 }
 
 Result<EndpointConfig> endpoint_from_json(const json& j) {
   if (!j.is_object()) return fail("bad-request", "an endpoint must be a JSON object");
-  // Reuse the one grammar: turn the fields back into tokens and parse them.
-  auto text = [&](const char* key) -> Result<std::string> {
+  auto field = [&](const char* key) -> const json* {
     auto it = j.find(key);
-    if (it == j.end() || !it->is_string()) {
+    return it == j.end() ? nullptr : &*it;
+  };
+  const json* name = field("name");
+  const json* toggles = field("toggles");
+  for (const char* key : {"name", "toggles"}) {
+    if (const json* f = field(key); !f || !f->is_string()) {
       return fail("bad-request", str("endpoint field '", key, "' is missing or not a string"));
     }
-    return it->get<std::string>();
-  };
-  auto number = [&](const char* key) -> Result<int64_t> {
-    auto it = j.find(key);
-    if (it == j.end() || !it->is_number_integer()) {
-      return fail("bad-request", str("endpoint field '", key, "' is missing or not a number"));
-    }
-    return it->get<int64_t>();
-  };
-  auto boolean = [&](const char* key) -> Result<bool> {
-    auto it = j.find(key);
-    if (it == j.end() || !it->is_boolean()) {
-      return fail("bad-request", str("endpoint field '", key, "' is missing or not true/false"));
-    }
-    return it->get<bool>();
-  };
-
+  }
+  const json* up = field("up");
+  if (!up || !up->is_boolean()) {
+    return fail("bad-request", "endpoint field 'up' is missing or not true/false");
+  }
+  // Reuse the one grammar: turn the fields back into tokens and parse them.
   std::vector<std::string> tokens;
-  auto name = text("name");
-  auto transport = text("transport");
-  auto peer = text("peer");
-  auto bind = text("bind");
-  auto mac = text("mac");
-  auto legacy = boolean("legacy");
-  auto priority = number("priority");
-  auto mtu = number("mtu");
-  auto bridge = text("bridge");
-  auto toggles = text("toggles");
-  auto up = boolean("up");
-  for (const auto* r : {&name, &transport, &peer, &bind, &mac, &bridge, &toggles}) {
-    if (!*r) return std::unexpected(r->error());
-  }
-  for (const auto* r : {&legacy, &up}) {
-    if (!*r) return std::unexpected(r->error());
-  }
-  for (const auto* r : {&priority, &mtu}) {
-    if (!*r) return std::unexpected(r->error());
-  }
-  tokens.push_back("transport=" + *transport);
-  if (!peer->empty()) tokens.push_back("peer=" + *peer);
-  if (!bind->empty()) tokens.push_back("bind=" + *bind);
-  tokens.push_back("mac=" + *mac);
-  tokens.push_back("priority=" + std::to_string(*priority));
-  tokens.push_back("mtu=" + std::to_string(*mtu));
-  if (!bridge->empty()) tokens.push_back("bridge=" + *bridge);
-  if (*legacy) tokens.push_back("legacy");
-  if (*up) tokens.push_back("up");
-  // Fields added after the first release are optional: older state files lack them.
-  if (auto it = j.find("queues"); it != j.end()) {
-    if (!it->is_number_integer())
-      return fail("bad-request", "endpoint field 'queues' is not a number");
-    tokens.push_back("queues=" + std::to_string(it->get<int64_t>()));
-  }
-  for (const char* key : {"mode", "owner", "group"}) {
-    auto it = j.find(key);
-    if (it == j.end()) continue;
-    if (!it->is_string())
-      return fail("bad-request", str("endpoint field '", key, "' is not a string"));
-    if (!it->get<std::string>().empty()) tokens.push_back(str(key, "=", it->get<std::string>()));
-  }
-  if (auto it = j.find("allow"); it != j.end()) {
-    if (!it->is_array()) return fail("bad-request", "endpoint field 'allow' is not a list");
-    for (const auto& a : *it) {
-      if (!a.is_string()) return fail("bad-request", "an allow= entry is not a string");
-      tokens.push_back("allow=" + a.get<std::string>());
+  for (const KeyRow& row : endpoint_keys()) {
+    if (row.json_kind == JsonKind::kNone) continue;
+    if (auto ok = json_to_tokens(row, field(std::string(row.json_field).c_str()), tokens); !ok) {
+      return std::unexpected(ok.error());
     }
   }
-  if (auto it = j.find("guest_mac"); it != j.end() && !it->is_null()) {
-    if (!it->is_string()) return fail("bad-request", "endpoint field 'guest_mac' is not a string");
-    tokens.push_back("guest-mac=" + it->get<std::string>());
-  }
-  if (auto it = j.find("lock_mac"); it != j.end()) {
-    if (!it->is_boolean())
-      return fail("bad-request", "endpoint field 'lock_mac' is not true/false");
-    if (it->get<bool>()) tokens.push_back("lock-mac");
-  }
-  if (auto it = j.find("peerfeats"); it != j.end() && !it->is_null()) {
-    if (!it->is_string()) return fail("bad-request", "endpoint field 'peerfeats' is not a string");
-    tokens.push_back("peerfeats=" + it->get<std::string>());
-  }
-  auto addresses = j.find("addresses");
-  if (addresses == j.end() || !addresses->is_array()) {
-    return fail("bad-request", "endpoint field 'addresses' is missing or not a list");
-  }
-  for (const auto& a : *addresses) {
-    if (!a.is_string()) return fail("bad-request", "an address is not a string");
-    tokens.push_back("address=" + a.get<std::string>());
-  }
+  if (up->get<bool>()) tokens.emplace_back("up");
   // Toggles are saved as the list of those on; everything else is off.
   uint32_t on = 0;
-  for (const auto& t : split_commas(*toggles)) {
+  for (const auto& t : split_commas(toggles->get_ref<const std::string&>())) {
     const uint32_t bit = net::toggle_by_name(t);
     if (!bit) return fail("bad-request", str("unknown offload toggle '", t, "'"));
     on |= bit;
@@ -240,7 +156,7 @@ Result<EndpointConfig> endpoint_from_json(const json& j) {
   auto change = parse_change(tokens);
   if (!change) return std::unexpected(change.error());
   EndpointConfig base;
-  base.name = *name;
+  base.name = name->get<std::string>();
   auto config = apply_change(base, *change);
   if (!config) return config;
   config->toggles = on;
@@ -248,25 +164,15 @@ Result<EndpointConfig> endpoint_from_json(const json& j) {
 }
 
 std::vector<std::string> to_tokens(const EndpointConfig& c) {
+  // Each key as the state file keeps it, left out at its default unless always_saved.
+  static const EndpointConfig kDefault;
   std::vector<std::string> t;
-  if (c.transport != Transport::kVhostUser)
-    t.push_back(str("transport=", transport_name(c.transport)));
-  if (!c.peer.empty()) t.push_back("peer=" + c.peer);
-  if (!c.bind.empty()) t.push_back("bind=" + c.bind);
-  t.push_back("mac=" + c.mac.to_string());
-  if (c.peerfeats) t.push_back("peerfeats=" + peerfeats_text(c.peerfeats));
-  if (c.legacy) t.push_back("legacy");
-  if (c.priority) t.push_back(str("priority=", c.priority));
-  t.push_back(str("mtu=", c.mtu));
-  if (!c.bridge.empty()) t.push_back("bridge=" + c.bridge);
-  for (const auto& a : c.addresses) t.push_back("address=" + a.to_string());
-  if (c.queues != 1) t.push_back(str("queues=", c.queues));
-  if (c.socket_mode != kDefaultSocketMode) t.push_back("mode=" + mode_text(c.socket_mode));
-  if (!c.owner.empty()) t.push_back("owner=" + c.owner);
-  if (!c.group.empty()) t.push_back("group=" + c.group);
-  for (const auto& a : c.allow) t.push_back("allow=" + a);
-  if (c.guest_mac) t.push_back("guest-mac=" + c.guest_mac->to_string());
-  if (c.lock_mac) t.push_back("lock-mac");
+  for (const KeyRow& row : endpoint_keys()) {
+    if (!row.get) continue;
+    const json value = row.get(c);
+    if (!row.always_saved && value == row.get(kDefault)) continue;
+    (void)json_to_tokens(row, &value, t);  // get() gives the shape json_kind says
+  }
   const uint32_t off = net::toggle::kAll & ~c.toggles;
   for (const auto& name : split_commas(net::toggle_names(off))) t.push_back("-" + name);
   t.push_back(c.up ? "up" : "down");

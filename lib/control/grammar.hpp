@@ -14,17 +14,12 @@
 
 namespace vp::control {
 
-/// One request to change an endpoint, parsed from vpctl tokens:
-///   create | up | down | destroy
-///   peer=PATH bind=PATH mac=MAC name=PREFIX peerfeats=N priority=N transport=T
-///   bridge=BR address=CIDR (or a bare address) mtu=N legacy queues=N
-///   mode=0660 owner=USER group=GROUP (of the bind socket, or of the TAP for transport=tap)
-///   allow=UID[:GID] (repeatable) guest-mac=MAC lock-mac
-///   -peer -bind -peerfeats -bridge -address=CIDR -legacy -owner -group
-///   -allow -allow=UID[:GID] -guest-mac -lock-mac
-///   rxcsum txcsum rxcsum6 txcsum6 tcp4csum udp4csum tcp6csum udp6csum tso4 tso6 (and -x)
+/// One request to change an endpoint, parsed from vpctl tokens: the verbs create | up |
+/// down | destroy, the keys of endpoint_keys() (control/keys.hpp) as key=value or a bare
+/// flag, -key for the clearable ones and -key=VALUE for a repeatable one, the offload
+/// toggles rxcsum txcsum ... tso6 (and -x), and bare addresses.
 /// The same grammar serves vpctl, the config file, vpd's command line and the control
-/// protocol; this is its only parser.
+/// protocol; this is its only parser. Each key's row fills its own fields below.
 struct Change {
   bool create = false;
   bool destroy = false;
@@ -56,6 +51,8 @@ struct Change {
   uint32_t toggles_off = 0;
   /// Accepted, but worth telling the user (e.g. a MAC without the locally administered bit).
   std::vector<std::string> warnings;
+
+  bool operator==(const Change&) const = default;
 
   /// True when it changes no setting (verbs and name= aside).
   bool sets_nothing() const;

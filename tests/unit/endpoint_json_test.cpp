@@ -423,7 +423,7 @@ TEST(EndpointSettings, features_are_capped_by_peerfeats) {
   EXPECT_EQ(c.features(), 0x19c3u & ~net::feature::kGso);
 }
 
-// DESIGN.md: a stream endpoint has no virtio-net header, so it can negotiate no offload.
+// A stream endpoint has no virtio-net header, so it can negotiate no offload.
 // validate() accepts it without peerfeats= (treating "unset" as 0), so features() must
 // be 0 too: the registry sets the TAP's TUNSETOFFLOAD from features(), and a TAP with
 // TSO/CSUM on would hand the stream transport frames it cannot carry.

@@ -1,0 +1,102 @@
+// The endpoint's JSON view: its configuration and its status (vpctl show, list).
+
+#include "daemon/registry.hpp"
+#include "net/ethtool.hpp"
+#include "net/offloads.hpp"
+#include "sys/str.hpp"
+
+namespace vp::daemon {
+
+using nlohmann::json;
+
+json Registry::describe(const Endpoint& e) {
+  json j = control::to_json(e.config);
+  const uint64_t features = e.config.features();
+  json status{
+      {"ifindex", e.ifindex},
+      {"features", net::feature_names(features)},
+      {"features_hex", control::peerfeats_text(features)},
+      {"tun_offloads", net::tun_offload_names(e.tun_offloads)},
+      {"vnet_hdr_len", e.config.vnet_hdr_len()},
+      {"guest", "not attached"},
+      {"guest_mac", control::guest_mac_of(e.config, machine_id_).to_string()},
+      {"declared", e.declared},
+  };
+  json problems = e.problems;
+  auto link = e.ifindex > 0 ? netlink_.find_link(e.ifindex)
+                            : Result<std::optional<net::LinkInfo>>(std::nullopt);
+  if (link && *link) {
+    status["link"] = (*link)->up ? "up" : "down";
+    status["carrier"] = (*link)->carrier;
+    std::string master;
+    if ((*link)->master_ifindex) {
+      auto m = netlink_.find_link((*link)->master_ifindex);
+      if (m && *m) master = (*m)->name;
+    }
+    status["master"] = master;
+    status["kernel_mac"] = (*link)->mac.to_string();
+    status["kernel_mtu"] = (*link)->mtu;
+  } else {
+    status["link"] = "absent";
+    status["carrier"] = false;
+    status["master"] = "";
+    if (link && e.problems.empty()) problems.push_back("the TAP device does not exist");
+  }
+  if (e.config.transport == control::Transport::kTap) {
+    // The VMM owns the data path and sets the TAP's offloads itself: show what the kernel
+    // has now. Carrier is the kernel's: on while a VMM has a queue of the TAP open.
+    if (auto active = net::tun_offloads_active(e.config.name)) {
+      status["tun_offloads"] = net::tun_offload_names(*active);
+    }
+    status["guest"] = status.value("carrier", false)
+                          ? str("attached (a VMM has ", e.config.name, " open)")
+                          : str("not attached (a VMM opens ", e.config.name, " by name)");
+    status["peerfeats_note"] =
+        "advisory: vpd gives the TAP these offloads when it provisions it, and the VMM sets "
+        "its own (what the guest negotiated) when it opens it; tun offloads shows what the "
+        "kernel has now";
+  }
+  if (auto v = dataplane_.view(e.config.name)) {
+    status["guest"] = v->state == "connected" ? "connected" : v->state + " on " + v->socket;
+    json counters = json::object();
+    for (const auto& f : dataplane::kNetCounterFields)
+      counters[std::string(f.name)] = v->counters.*f.member;
+    status["counters"] = counters;
+    status["refused_peers"] = v->refused_peers;
+    if (v->state == "connected") {
+      status["session"] = {
+          {"features", net::feature_names(v->features)},
+          {"features_hex", control::peerfeats_text(v->features)},
+          {"ring", v->features ? (v->packed ? "packed" : "split") : "-"},
+          {"queues_running", v->queues_running},
+          {"queues", v->queues},
+          {"sessions", v->sessions},
+          {"refused_messages", v->refused_messages},
+          {"broken_queues", v->broken_queues},
+      };
+      if (v->features) {
+        status["tun_offloads"] = net::tun_offload_names(v->tun_offloads);
+        status["vnet_hdr_len"] = v->hdr_len;
+      }
+    }
+  }
+  status["problems"] = problems;
+  j["status"] = status;
+  return j;
+}
+
+Result<json> Registry::show(const std::string& name) {
+  auto it = endpoints_.find(name);
+  if (it == endpoints_.end()) {
+    return fail("no-such-endpoint", str("there is no endpoint ", name, "; see `vpctl list`"));
+  }
+  return describe(it->second);
+}
+
+json Registry::list() {
+  json out = json::array();
+  for (const auto& [name, e] : endpoints_) out.push_back(describe(e));
+  return out;
+}
+
+}  // namespace vp::daemon
