@@ -49,7 +49,7 @@ bool FrontendSocket::accept(bool busy) {
     if (!conn) return refused;
     const auto peer = peer_credentials(conn.get());
     if (busy) {
-      // One session at a time: a second frontend would fight the first over the rings.
+      // One session at a time: a second frontend would fight the first over the endpoint.
       log::warning(config_.name, ": refused a second frontend on ", config_.bind, " (pid ",
                    peer.pid, "); one is connected");
       continue;
