@@ -1,40 +1,24 @@
 #pragma once
 
-// The data path of every vhost-user endpoint: a small pool of worker threads, each owning
-// whole endpoints (DESIGN.md) — the endpoint's listening or dialled vhost-user socket, its
-// vhost::Backend, the virtqueues and one TAP queue per queue pair, all in the worker's one
-// epoll. The control thread talks to workers only by posting commands (an eventfd-woken
+// The data path of every endpoint, vhost-user or stream: a small pool of worker threads,
+// each owning whole endpoints — the endpoint's listening or dialled front-end socket, its
+// session (a vhost::Backend and its virtqueues, or a stream connection) and its TAP queues,
+// all in the worker's one epoll, so that an endpoint's fds are only ever touched by one
+// thread. The control thread talks to workers only by posting commands (an eventfd-woken
 // queue); the packet path takes no lock and allocates nothing.
 
-#include <cstdint>
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "control/endpoint.hpp"
-#include "dataplane/net_counters.hpp"
+#include "daemon/session_view.hpp"
 #include "net/tap.hpp"
 #include "sys/fd.hpp"
 
 namespace vp::daemon {
-
-/// What vpctl shows of an endpoint's guest side.
-struct SessionView {
-  std::string state;  // "listening", "dialing", "connected", "stopped"
-  std::string socket;
-  uint64_t features = 0;  // acked virtio features (0 before SET_FEATURES)
-  bool packed = false;
-  uint32_t queues_running = 0;  // virtqueues started (both of a pair when it runs)
-  uint32_t queues = 0;          // virtqueues served: 2 per queue pair
-  uint32_t hdr_len = 0;
-  unsigned tun_offloads = 0;
-  uint64_t sessions = 0;       // frontends served since vpd started
-  uint64_t refused_peers = 0;  // connections turned away by allow=
-  uint64_t refused_messages = 0;
-  std::vector<std::string> broken_queues;  // "rx0: avail-index-jump"
-  dataplane::NetCounters counters;
-};
 
 class Worker;
 
@@ -62,6 +46,10 @@ class Dataplane {
   /// decides the TAP's offloads and header length.
   bool session_active(const std::string& name) const;
   std::optional<SessionView> view(const std::string& name) const;
+  /// True when every worker ran a posted no-op within `timeout` (for the systemd watchdog).
+  /// Never waits longer than `timeout`, whatever a wedged worker does; its late answer
+  /// touches nothing of the caller's.
+  bool responsive(std::chrono::milliseconds timeout) const;
 
  private:
   Worker& worker_of(const std::string& name) const;

@@ -57,13 +57,15 @@ json Registry::describe(const Endpoint& e) {
         "kernel has now";
   }
   if (auto v = dataplane_.view(e.config.name)) {
-    status["guest"] = v->state == "connected" ? "connected" : v->state + " on " + v->socket;
+    status["guest"] = v->state == SessionState::kConnected
+                          ? std::string("connected")
+                          : str(session_state_name(v->state), " on ", v->socket);
     json counters = json::object();
     for (const auto& f : dataplane::kNetCounterFields)
       counters[std::string(f.name)] = v->counters.*f.member;
     status["counters"] = counters;
     status["refused_peers"] = v->refused_peers;
-    if (v->state == "connected") {
+    if (v->state == SessionState::kConnected) {
       status["session"] = {
           {"features", net::feature_names(v->features)},
           {"features_hex", control::peerfeats_text(v->features)},

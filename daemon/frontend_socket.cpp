@@ -1,0 +1,94 @@
+#include "daemon/frontend_socket.hpp"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "sys/log.hpp"
+#include "sys/unix_socket.hpp"
+
+namespace vp::daemon {
+
+FrontendSocket::FrontendSocket(const control::EndpointConfig& config, std::string_view what,
+                               std::function<void(Fd)> connected)
+    : config_(config), what_(what), connected_(std::move(connected)) {}
+
+void FrontendSocket::open(int epoll, Fd listener, uint64_t listener_tag, uint64_t redial_tag) {
+  listener_ = std::move(listener);
+  if (listener_) {
+    listener_interest_ = Interest(epoll, listener_.get(), listener_tag);
+    listener_interest_.set(EPOLLIN);
+  }
+  if (!config_.peer.empty()) {
+    redial_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    redial_interest_ = Interest(epoll, redial_.get(), redial_tag);
+    redial_interest_.set(EPOLLIN);
+  }
+}
+
+std::string_view FrontendSocket::socket() const {
+  return !config_.bind.empty() ? config_.bind : config_.peer;
+}
+
+bool FrontendSocket::admit(const PeerCredentials& peer) {
+  if (control::peer_allowed(config_.allow, peer.uid, peer.gid)) return true;
+  ++refused_peers_;
+  log::warning(config_.name, ": refused a frontend on ", config_.bind, " (uid ", peer.uid, " gid ",
+               peer.gid, " pid ", peer.pid, "): not in allow=");
+  return false;
+}
+
+bool FrontendSocket::accept(bool busy) {
+  bool refused = false;
+  for (;;) {
+    Fd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (!conn) return refused;
+    const auto peer = peer_credentials(conn.get());
+    if (busy) {
+      // One session at a time: a second frontend would fight the first over the endpoint.
+      log::warning(config_.name, ": refused a second frontend on ", config_.bind, " (pid ",
+                   peer.pid, "); one is connected");
+      continue;
+    }
+    if (!admit(peer)) {
+      refused = true;
+      continue;
+    }
+    log::notice(config_.name, ": ", what_, " connected on ", config_.bind, " (uid ", peer.uid,
+                " pid ", peer.pid, ")");
+    busy = true;
+    connected_(std::move(conn));
+  }
+}
+
+void FrontendSocket::arm_redial() {
+  backoff_ms_ = backoff_ms_ == 0 ? 100 : std::min(backoff_ms_ * 2, 5000);
+  itimerspec t{};
+  t.it_value.tv_sec = backoff_ms_ / 1000;
+  t.it_value.tv_nsec = static_cast<long>(backoff_ms_ % 1000) * 1'000'000;
+  ::timerfd_settime(redial_.get(), 0, &t, nullptr);
+}
+
+void FrontendSocket::dial() {
+  auto fd = connect_unix(config_.peer);
+  if (!fd) {
+    arm_redial();
+    return;
+  }
+  backoff_ms_ = 0;
+  ::fcntl(fd->get(), F_SETFL, ::fcntl(fd->get(), F_GETFL) | O_NONBLOCK);
+  log::notice(config_.name, ": connected to ", what_, " at ", config_.peer);
+  connected_(std::move(*fd));
+}
+
+void FrontendSocket::on_redial_timer(bool busy) {
+  uint64_t expirations = 0;
+  (void)!::read(redial_.get(), &expirations, sizeof expirations);
+  if (!busy) dial();
+}
+
+}  // namespace vp::daemon

@@ -1,0 +1,63 @@
+#pragma once
+
+// The front-end's side of an endpoint, the same for every transport: the bind= socket vpd
+// listens on (allow= admission, one session at a time) and the peer= socket it dials, with a
+// redial timer backing off from 100 ms to 5 s while the VMM is absent.
+
+#include <cstdint>
+#include <functional>
+#include <string_view>
+
+#include "control/endpoint.hpp"
+#include "daemon/worker.hpp"
+#include "sys/fd.hpp"
+#include "sys/unix_socket.hpp"
+
+namespace vp::daemon {
+
+class FrontendSocket {
+ public:
+  /// `connected(conn)` starts a session on a connection that may be served (accepted or
+  /// dialled). `config` and `connected` must outlive this object; `what` names the frontend
+  /// in log lines ("frontend", "stream frontend").
+  FrontendSocket(const control::EndpointConfig& config, std::string_view what,
+                 std::function<void(Fd)> connected);
+  FrontendSocket(const FrontendSocket&) = delete;
+  FrontendSocket& operator=(const FrontendSocket&) = delete;
+
+  /// Watches `listener` (bind=, may be invalid) and, with peer=, creates the redial timer.
+  /// The epoll tags are the owner's kListener and kRedial events.
+  void open(int epoll, Fd listener, uint64_t listener_tag, uint64_t redial_tag);
+
+  /// Accepts every connection waiting on the bind socket: the first that may be served
+  /// while no session runs (`busy` false) is started, the others are refused and logged.
+  /// True if allow= refused one (refused_peers() changed).
+  bool accept(bool busy);
+  /// Dials peer=: starts a session when the VMM answers, else arms the redial timer.
+  void dial();
+  /// The redial timer fired: dials again unless a session runs by now.
+  void on_redial_timer(bool busy);
+
+  bool listening() const { return listener_.valid(); }
+  bool dials() const { return redial_.valid(); }
+  uint64_t refused_peers() const { return refused_peers_; }
+  /// The socket path shown for the endpoint: bind= if set, else peer=.
+  std::string_view socket() const;
+
+ private:
+  /// allow=: true if the peer on a bind socket may be served; otherwise logs and counts it.
+  bool admit(const PeerCredentials& peer);
+  void arm_redial();
+
+  const control::EndpointConfig& config_;
+  std::string_view what_;
+  std::function<void(Fd)> connected_;
+  Fd listener_;
+  Fd redial_;
+  Interest listener_interest_;
+  Interest redial_interest_;
+  int backoff_ms_ = 0;
+  uint64_t refused_peers_ = 0;
+};
+
+}  // namespace vp::daemon

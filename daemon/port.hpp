@@ -1,0 +1,113 @@
+#pragma once
+
+// What a worker owns for one endpoint, whatever its transport: the front-end socket, the one
+// dispatch point for the endpoint's events, and what it publishes to the control thread. The
+// transports (VhostUserPort, StreamPort) supply the session and the forwarding.
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+#include "control/endpoint.hpp"
+#include "daemon/frontend_socket.hpp"
+#include "daemon/session_view.hpp"
+#include "daemon/worker.hpp"
+#include "dataplane/net_counters.hpp"
+#include "sys/fd.hpp"
+
+namespace vp::daemon {
+
+/// Rounds of a busy queue served per wake-up before other endpoints get their turn.
+inline constexpr int kRoundsPerWake = 16;
+
+/// What a port publishes to the control thread; shared by both, outliving either.
+struct PortStatus {
+  /// Guards `view` (its counters excepted) and `active`: changed on session events only.
+  mutable std::mutex mutex;
+  SessionView view;
+  /// A guest negotiated features: the worker, not the control thread, owns the TAP's
+  /// offloads and header length.
+  bool active = false;
+  /// The data path's counters, in kNetCounterFields order. One writer, the worker, which adds
+  /// its local counts once per wake-up without a lock: the packet path takes no lock.
+  std::array<std::atomic<uint64_t>, std::size(dataplane::kNetCounterFields)> counters{};
+
+  /// Worker thread: adds `local` and clears it.
+  void add_counters(dataplane::NetCounters& local) noexcept;
+  dataplane::NetCounters read_counters() const noexcept;
+};
+
+class Port {
+ public:
+  virtual ~Port();
+  Port(const Port&) = delete;
+  Port& operator=(const Port&) = delete;
+
+  const std::string& name() const { return config_.name; }
+  int priority() const { return config_.priority; }
+  void set_priority(int priority) { config_.priority = priority; }
+
+  /// The one dispatch point for this port's epoll events; publishes once afterwards (one
+  /// virtual call per event, none per packet).
+  void on_event(EventKind kind, uint16_t queue, uint32_t events);
+  /// Carries on with work a previous round left for later (budget used up).
+  void continue_work();
+
+ protected:
+  /// `frontend` names the frontend in log lines. The derived constructor calls
+  /// open_frontend() once it can take a session.
+  Port(Worker& worker, uint32_t id, control::EndpointConfig config,
+       std::shared_ptr<PortStatus> status, std::string_view frontend);
+
+  /// Watches `listener` (bind=, may be invalid), dials peer= and publishes.
+  void open_frontend(Fd listener);
+  /// Ends the running session (if any) and, with peer=, dials again.
+  void end_session(std::string_view why);
+  /// The derived destructor's first step: ends the session without dialling again.
+  void close_for_detach();
+  /// Asks the worker for a continue_work() once it is idle (at most once until then).
+  void mark_pending();
+  /// Takes back a mark_pending() (the session ended).
+  void forget_pending();
+  /// Adds the local counters to the published ones and, if the state changed, the view.
+  void publish();
+
+  uint64_t tag(EventKind kind, uint16_t queue = 0) const {
+    return EventTag::encode(id_, kind, queue);
+  }
+  int epoll() const { return worker_.epoll(); }
+  Worker& worker() { return worker_; }
+
+  // The transport's part.
+  virtual bool session_open() const = 0;
+  virtual void start_session(Fd conn) = 0;
+  /// Lets go of the session's fds; called only while session_open().
+  virtual void close_session(std::string_view why) = 0;
+  virtual void on_connection(uint32_t events) = 0;
+  virtual void on_tap(uint16_t pair, uint32_t events) = 0;
+  virtual void on_kick(uint16_t /*virtqueue*/) {}
+  virtual void continue_pending() = 0;
+  /// Fills the transport's fields of `v`; true if a guest negotiated features.
+  virtual bool fill_view(SessionView& v) const = 0;
+
+  control::EndpointConfig config_;
+  dataplane::NetCounters local_;  // this wake-up's counts; published once
+  bool state_dirty_ = false;      // the view must be published again
+
+ private:
+  void connected(Fd conn);
+
+  Worker& worker_;
+  uint32_t id_;
+  std::shared_ptr<PortStatus> status_;
+  FrontendSocket frontend_;
+  uint64_t sessions_ = 0;
+  bool pending_marked_ = false;
+  bool detaching_ = false;
+};
+
+}  // namespace vp::daemon

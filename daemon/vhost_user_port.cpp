@@ -1,0 +1,421 @@
+#include "daemon/vhost_user_port.hpp"
+
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <variant>
+
+#include "dataplane/net_header.hpp"
+#include "net/offloads.hpp"
+#include "sys/log.hpp"
+#include "sys/str.hpp"
+#include "virtio/queue.hpp"
+
+namespace vp::daemon {
+
+namespace {
+
+// virtio-net feature bits the device side offers besides the offloads (virtio 1.2 §5.1.3).
+constexpr uint64_t kNetFMtu = 1ull << 3;
+constexpr uint64_t kNetFMac = 1ull << 5;
+constexpr uint64_t kNetFStatus = 1ull << 16;
+constexpr uint64_t kNetFMq = 1ull << 22;
+constexpr uint64_t kFAnyLayout = 1ull << 27;
+constexpr uint64_t kGsoFeatures = net::feature::kGuestTso4 | net::feature::kGuestTso6 |
+                                  net::feature::kGuestUfo | net::feature::kGuestUso4 |
+                                  net::feature::kGuestUso6;
+
+/// TUNSETQUEUE: a detached queue of a multiqueue TAP takes no part in the kernel's choice
+/// of queue for frames towards the guest; its reads, writes and polls fail (EBADFD, EPOLLERR).
+Result<void> set_tap_queue_attached(const net::Tap& tap, bool attached) {
+  ifreq ifr{};
+  ifr.ifr_flags = static_cast<short>(attached ? IFF_ATTACH_QUEUE : IFF_DETACH_QUEUE);
+  if (::ioctl(tap.fd(), TUNSETQUEUE, &ifr) < 0) {
+    return sys_fail(attached ? "TUNSETQUEUE IFF_ATTACH_QUEUE" : "TUNSETQUEUE IFF_DETACH_QUEUE",
+                    errno);
+  }
+  return {};
+}
+
+}  // namespace
+
+VhostUserPort::VhostUserPort(Worker& worker, uint32_t id, control::EndpointConfig config,
+                             std::vector<net::Tap> taps, Fd listener,
+                             std::shared_ptr<PortStatus> status)
+    : Port(worker, id, std::move(config), std::move(status), "frontend"),
+      guest_mac_(control::guest_mac_of(config_, net::read_machine_id())) {
+  pairs_.resize(taps.size());  // sized once: the worker's tags index it
+  for (size_t p = 0; p < taps.size(); ++p) {
+    Pair& pair = pairs_[p];
+    pair.tap = std::move(taps[p]);
+    pair.tap_interest =
+        Interest(epoll(), pair.tap.fd(), tag(EventKind::kTap, static_cast<uint16_t>(p)));
+  }
+  // No ring runs yet: queues 1..N-1 leave the kernel's queue selection until one does.
+  for (uint32_t p = 1; p < pairs(); ++p) pairs_[p].detach_due = true;
+  detach_idle_tap_queues();
+  build_config_space();
+  open_frontend(std::move(listener));
+}
+
+VhostUserPort::~VhostUserPort() { close_for_detach(); }
+
+// vhost::Device -----------------------------------------------------------------------------
+
+uint64_t VhostUserPort::features() const {
+  uint64_t f = config_.features() | virtio::kFeatureEventIdx | virtio::kFeatureIndirectDesc |
+               virtio::kFeatureRingPacked | kNetFMtu | kNetFMac | kNetFStatus | kFAnyLayout;
+  // `legacy`: a VIRTIO 0.9.5 peer without MRG_RXBUF, so the 10-byte header.
+  if (!config_.legacy) f |= virtio::kFeatureVersion1 | dataplane::kFeatureMrgRxbuf;
+  // SPEC: virtio 1.2 §5.1.3: MQ says max_virtqueue_pairs is valid. The driver also needs
+  // CTRL_VQ to use it; the VMM serves the control queue and tells vpd which pairs it
+  // enabled (SET_VRING_ENABLE).
+  if (pairs() > 1) f |= kNetFMq;
+  return f;
+}
+
+uint64_t VhostUserPort::protocol_features() const {
+  using vhost::ProtocolFeature;
+  // CONFIG: GET_CONFIG reads the virtio-net config space (mac, status, max_virtqueue_pairs,
+  // mtu) for front-ends that ask the device (crosvm, DPDK virtio-user); QEMU's net device
+  // does not ack it and uses its own.
+  uint64_t f = vhost::bit(ProtocolFeature::kMq) | vhost::bit(ProtocolFeature::kRarp) |
+               vhost::bit(ProtocolFeature::kReplyAck) | vhost::bit(ProtocolFeature::kNetMtu) |
+               vhost::bit(ProtocolFeature::kStatus) | vhost::bit(ProtocolFeature::kConfig);
+  // QEMU before 8.0 sends ADD_MEM_REG/REM_MEM_REG once per queue pair (its vhost_dev per
+  // pair; later versions send them once, like SET_MEM_TABLE). The engine refuses the second
+  // copy of a region as an overlap, and QEMU then gives up vhost for the NIC. With several
+  // pairs vpd therefore offers only SET_MEM_TABLE, which every QEMU sends once.
+  if (pairs() == 1) f |= vhost::bit(ProtocolFeature::kConfigureMemSlots);
+  return f;
+}
+
+Result<void> VhostUserPort::on_features(uint64_t acked) {
+  dataplane::NetSession s = dataplane::make_net_session(acked);
+  if (!(acked & kGsoFeatures)) s.max_rx_frame = config_.mtu + 18;  // Ethernet + VLAN tag
+  s.lock_mac = config_.lock_mac;
+  s.guest_mac = guest_mac_.bytes;
+  // Header size and offloads belong to the TAP device, not to one queue: set them once,
+  // through queue 0 (always attached).
+  net::Tap& tap = pairs_[0].tap;
+  if (auto ok = tap.set_vnet_hdr_size(static_cast<int>(s.hdr_len)); !ok) return ok;
+  // The TAP may hand vpd only what the guest acked: consistent by construction.
+  auto offloads = tap.set_offload(net::tun_offloads_for(acked));
+  if (!offloads) return std::unexpected(offloads.error());
+  session_ = s;
+  tun_offloads_ = *offloads;
+  acked_ = acked;
+  state_dirty_ = true;
+  log::info(name(), ": guest acked ", net::feature_names(acked & net::kOffloadsSupported), ", ",
+            s.hdr_len, "-byte header, TAP offloads ", net::tun_offload_names(*offloads),
+            pairs() > 1 ? str(", up to ", pairs(), " queue pairs") : std::string());
+  return {};
+}
+
+void VhostUserPort::watch_kick(uint32_t index) {
+  Pair& pair = pairs_[index / 2];
+  Interest& kick = is_rx(index) ? pair.rx_kick : pair.tx_kick;
+  kick = Interest(epoll(), backend_->vring(index).kick.get(),
+                  tag(EventKind::kKick, static_cast<uint16_t>(index)));
+  kick.set(EPOLLIN);
+}
+
+void VhostUserPort::on_queue_started(uint32_t index) {
+  if (index >= num_queues()) return;
+  const vhost::Vring& v = backend_->vring(index);
+  const uint32_t p = index / 2;
+  Pair& pair = pairs_[p];
+  if (!v.enabled) {
+    // SPEC: vhost-user.rst "Ring states": a started but disabled ring supplies no RX and
+    // processes and discards TX. The pair's TAP queue takes no part meanwhile.
+    if (is_rx(index)) return;
+    watch_kick(index);
+    pair.tx_discarding = true;
+    run_tx(p);
+    return;
+  }
+  watch_kick(index);
+  (is_rx(index) ? pair.rx_running : pair.tx_running) = true;
+  state_dirty_ = true;
+  update_tap(p);
+  if (is_rx(index)) {
+    run_rx(p);
+  } else {
+    run_tx(p);
+  }
+}
+
+void VhostUserPort::on_queue_stopped(uint32_t index) {
+  if (index >= num_queues()) return;
+  const uint32_t p = index / 2;
+  Pair& pair = pairs_[p];
+  if (!is_rx(index) && pair.tx_discarding) {
+    pair.tx_kick.clear();
+    pair.tx_discarding = pair.tx_pending = false;
+    return;
+  }
+  bool& running = is_rx(index) ? pair.rx_running : pair.tx_running;
+  if (!running) return;
+  (is_rx(index) ? pair.rx_kick : pair.tx_kick).clear();
+  running = false;
+  if (is_rx(index)) {
+    pair.rx_pending = pair.rx_paused = false;
+    pair.rx_hold.len = 0;  // a frame for a ring that stopped: its guest may never take it
+  } else {
+    pair.tx_pending = pair.tx_blocked = false;
+  }
+  state_dirty_ = true;
+  update_tap(p);
+}
+
+Result<void> VhostUserPort::on_mtu(uint32_t mtu) {
+  if (mtu != config_.mtu) {
+    return fail("vhost-refused",
+                str(name(), ": the guest asked for MTU ", mtu, "; ", name(), "'s is ", config_.mtu,
+                    " (set it with vpctl ", name(), " mtu=N)"));
+  }
+  return {};
+}
+
+void VhostUserPort::on_rarp(const uint8_t (&mac)[6]) {
+  // The guest moved here (live migration): broadcast a RARP request from its MAC into
+  // the TAP, so bridges and switches learn where it is now (what QEMU's announce does).
+  std::array<uint8_t, dataplane::kNetHdrSize + 60> frame{};
+  const size_t hdr = acked_ ? session_.hdr_len : static_cast<size_t>(config_.vnet_hdr_len());
+  uint8_t* f = frame.data() + hdr;
+  std::memset(f, 0xff, 6);
+  std::memcpy(f + 6, mac, 6);
+  const uint8_t rarp[] = {0x80, 0x35, 0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x03};
+  std::memcpy(f + 12, rarp, sizeof rarp);
+  std::memcpy(f + 22, mac, 6);  // sender hardware address
+  std::memcpy(f + 32, mac, 6);  // target hardware address
+  const ssize_t n = ::write(pairs_[0].tap.fd(), frame.data(), hdr + 60);
+  if (n < 0) {
+    log::warning(name(), ": could not announce the migrated guest: ", std::strerror(errno));
+  } else {
+    log::info(name(), ": announced the guest's MAC after SEND_RARP");
+  }
+}
+
+// Port --------------------------------------------------------------------------------------
+
+bool VhostUserPort::fill_view(SessionView& v) const {
+  v.features = backend_ ? acked_ : 0;
+  v.packed = backend_ && (acked_ & virtio::kFeatureRingPacked);
+  v.queues = num_queues();
+  v.queues_running = 0;
+  for (const Pair& pair : pairs_) v.queues_running += pair.rx_running + pair.tx_running;
+  v.hdr_len = backend_ && acked_ ? session_.hdr_len : 0;
+  v.tun_offloads = tun_offloads_;
+  if (backend_) v.refused_messages = backend_->counters().requests_refused;
+  v.broken_queues.clear();
+  if (backend_) {
+    for (uint32_t q = 0; q < num_queues(); ++q) {
+      const auto reason = std::visit([](const auto& queue) { return queue.broken_reason(); },
+                                     backend_->vring(q).queue);
+      if (reason != virtio::BrokenReason::kNone) {
+        v.broken_queues.push_back(
+            str(is_rx(q) ? "rx" : "tx", q / 2, ": ", virtio::describe(reason)));
+      }
+    }
+  }
+  return backend_ && acked_ != 0;
+}
+
+void VhostUserPort::build_config_space() {
+  // SPEC: virtio 1.2 §5.1.4 struct virtio_net_config: mac[6], status, max_virtqueue_pairs,
+  // mtu (little endian).
+  for (size_t i = 0; i < 6; ++i) config_space_[i] = std::byte{guest_mac_.bytes[i]};
+  config_space_[6] = std::byte{1};  // VIRTIO_NET_S_LINK_UP
+  config_space_[8] = std::byte{static_cast<uint8_t>(pairs() & 0xff)};
+  config_space_[9] = std::byte{static_cast<uint8_t>(pairs() >> 8)};
+  config_space_[10] = std::byte{static_cast<uint8_t>(config_.mtu & 0xff)};
+  config_space_[11] = std::byte{static_cast<uint8_t>(config_.mtu >> 8)};
+}
+
+void VhostUserPort::start_session(Fd conn) {
+  backend_ = std::make_unique<vhost::Backend>(*this, std::move(conn), config_.name);
+  conn_ = Interest(epoll(), backend_->fd(), tag(EventKind::kConnection));
+  conn_.set(EPOLLIN);
+  acked_ = 0;
+}
+
+void VhostUserPort::close_session(std::string_view why) {
+  conn_.clear();
+  // Stop the rings (on_queue_stopped() for each) while backend_ still points at the
+  // session: unique_ptr::reset() clears the pointer before the destructor runs.
+  backend_->close();
+  backend_.reset();
+  detach_idle_tap_queues();
+  acked_ = 0;
+  // Back to what the endpoint's settings say while no guest is attached.
+  net::Tap& tap = pairs_[0].tap;
+  (void)tap.set_vnet_hdr_size(config_.vnet_hdr_len());
+  if (auto applied = tap.set_offload(net::tun_offloads_for(config_.features()))) {
+    tun_offloads_ = *applied;
+  }
+  (void)tap.set_carrier(false);
+  carrier_ = false;
+  log::notice(name(), ": frontend session ended (", why, ")");
+}
+
+void VhostUserPort::on_connection(uint32_t events) {
+  if (!backend_) return;
+  Result<vhost::Backend::Status> r = vhost::Backend::Status::kOpen;
+  if (events & EPOLLOUT) r = backend_->on_writable();
+  if (r && *r == vhost::Backend::Status::kOpen && (events & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
+    r = backend_->on_readable();
+  }
+  if (!r) {
+    end_session(r.error().message);
+    return;
+  }
+  if (*r == vhost::Backend::Status::kClosed) {
+    end_session("the frontend closed the connection");
+    return;
+  }
+  // After the whole batch: a ring that a message stopped and a later one restarted (a
+  // memory table change, SET_VRING_ADDR) keeps its TAP queue.
+  detach_idle_tap_queues();
+  // While a reply waits for room the session reads nothing, so it must not watch EPOLLIN:
+  // requests the front-end queued behind it would wake this worker in a loop.
+  conn_.set(backend_->wants_write() ? EPOLLOUT : EPOLLIN);
+  state_dirty_ = true;
+}
+
+/// Pair p's TAP queue: attached while a ring of the pair runs (queue 0 always), readable
+/// while RX runs and has buffers, writable while TX waits for room. Carrier follows pair 0.
+void VhostUserPort::update_tap(uint32_t p) {
+  Pair& pair = pairs_[p];
+  if (p == 0) {
+    const bool pair_running = pair.rx_running && pair.tx_running;
+    if (pair_running != carrier_) {
+      (void)pair.tap.set_carrier(pair_running);
+      carrier_ = pair_running;
+    }
+  }
+  const bool in_use = p == 0 || pair.rx_running || pair.tx_running;
+  pair.detach_due = !in_use && pair.attached;
+  if (in_use && !pair.attached) {
+    // Attaching is cheap; detaching waits for the kernel (synchronize_net), so it is left
+    // to detach_idle_tap_queues().
+    if (auto ok = set_tap_queue_attached(pair.tap, true); !ok) {
+      log::error(name(), ": queue pair ", p, " cannot use its TAP queue: ", ok.error().message);
+    } else {
+      pair.attached = true;
+    }
+  }
+  uint32_t events = 0;
+  // A detached queue polls as EPOLLERR: never watch one.
+  if (pair.attached && pair.rx_running && !pair.rx_paused) events |= EPOLLIN;
+  if (pair.attached && pair.tx_running && pair.tx_blocked) events |= EPOLLOUT;
+  pair.tap_interest.set(events);
+}
+
+/// Detaches the TAP queues of pairs where no ring runs any more (not queue 0). Frames the
+/// kernel had queued there are dropped by the kernel.
+void VhostUserPort::detach_idle_tap_queues() {
+  for (uint32_t p = 1; p < pairs(); ++p) {
+    Pair& pair = pairs_[p];
+    if (!pair.detach_due) continue;
+    pair.detach_due = false;
+    if (!pair.attached || pair.rx_running || pair.tx_running) continue;
+    if (auto ok = set_tap_queue_attached(pair.tap, false); !ok) {
+      log::warning(name(), ": TAP queue ", p, " stays attached: ", ok.error().message);
+      continue;
+    }
+    pair.attached = false;
+  }
+}
+
+void VhostUserPort::on_kick(uint16_t queue) {
+  if (!backend_ || queue >= num_queues()) return;
+  const uint32_t p = queue / 2u;
+  Pair& pair = pairs_[p];
+  if (!(is_rx(queue) ? pair.rx_running : pair.tx_running || pair.tx_discarding)) return;
+  dataplane::consume_kick(backend_->vring(queue).kick.get(), local_);
+  if (!is_rx(queue)) {
+    run_tx(p);
+    return;
+  }
+  if (pair.rx_paused) {
+    pair.rx_paused = false;
+    update_tap(p);
+  }
+  run_rx(p);
+}
+
+void VhostUserPort::on_tap(uint16_t p, uint32_t events) {
+  if (p >= pairs()) return;
+  Pair& pair = pairs_[p];
+  if ((events & EPOLLOUT) && pair.tx_blocked) {
+    pair.tx_blocked = false;
+    update_tap(p);
+    run_tx(p);
+  }
+  if (events & EPOLLIN) run_rx(p);
+}
+
+void VhostUserPort::continue_pending() {
+  for (uint32_t p = 0; p < pairs(); ++p) {
+    if (pairs_[p].tx_pending) run_tx(p);
+    if (pairs_[p].rx_pending) run_rx(p);
+  }
+}
+
+void VhostUserPort::run_tx(uint32_t p) {
+  Pair& pair = pairs_[p];
+  if (!pair.tx_running && !pair.tx_discarding) return;
+  vhost::Vring& v = backend_->vring(2 * p + 1);
+  pair.tx_pending = false;
+  for (int round = 0; round < kRoundsPerWake; ++round) {
+    const dataplane::ForwardResult r = std::visit(
+        [&](auto& q) {
+          return pair.tx_discarding
+                     ? dataplane::discard_tx(q, v.call.get(), session_, worker().scratch(), local_)
+                     : dataplane::forward_tx(q, pair.tap.fd(), v.call.get(), session_,
+                                             worker().scratch(), local_);
+        },
+        v.queue);
+    if (r.status == dataplane::ForwardStatus::kBudget) continue;
+    if (r.status == dataplane::ForwardStatus::kTapFull) {
+      pair.tx_blocked = true;
+      update_tap(p);
+    }
+    if (r.status == dataplane::ForwardStatus::kQueueStopped) state_dirty_ = true;
+    return;
+  }
+  pair.tx_pending = true;
+  mark_pending();
+}
+
+void VhostUserPort::run_rx(uint32_t p) {
+  Pair& pair = pairs_[p];
+  if (!pair.rx_running) return;
+  vhost::Vring& v = backend_->vring(2 * p);
+  pair.rx_pending = false;
+  for (int round = 0; round < kRoundsPerWake; ++round) {
+    const dataplane::ForwardResult r = std::visit(
+        [&](auto& q) {
+          return dataplane::forward_rx(q, pair.tap.fd(), v.call.get(), session_, worker().scratch(),
+                                       local_, &pair.rx_hold);
+        },
+        v.queue);
+    if (r.status == dataplane::ForwardStatus::kBudget) continue;
+    if (r.status == dataplane::ForwardStatus::kNoBuffers) {
+      pair.rx_paused = true;  // until the guest kicks with new buffers
+      update_tap(p);
+    }
+    if (r.status == dataplane::ForwardStatus::kQueueStopped) state_dirty_ = true;
+    return;
+  }
+  pair.rx_pending = true;
+  mark_pending();
+}
+
+}  // namespace vp::daemon

@@ -1,0 +1,101 @@
+#pragma once
+
+// One transport=vhost-user endpoint on its worker: the vhost::Device policy (features,
+// config space, ring start/stop) and the forwarding loop of its queue pairs.
+//
+// Queue pair p is receiveq p (virtqueue 2p), transmitq p (2p+1) and TAP queue p; each pair
+// forwards only between its own rings and its own TAP queue, and all of them run on this
+// worker. TAP queue 0 is the registry's (a dup) and always stays attached: the TAP's
+// device-wide settings (offloads, header size, carrier) go through it. Queues 1..N-1 are
+// attached to the TAP only while a ring of their pair runs, so that the kernel never steers
+// a flow to a queue nobody reads: a pair the guest did not enable supplies no RX and loses
+// nothing.
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "daemon/port.hpp"
+#include "dataplane/forward.hpp"
+#include "net/mac.hpp"
+#include "net/tap.hpp"
+#include "vhost/backend.hpp"
+
+namespace vp::daemon {
+
+class VhostUserPort final : public Port, public vhost::Device {
+ public:
+  /// `taps` holds one TAP queue per queue pair (at least one).
+  VhostUserPort(Worker& worker, uint32_t id, control::EndpointConfig config,
+                std::vector<net::Tap> taps, Fd listener, std::shared_ptr<PortStatus> status);
+  ~VhostUserPort() override;
+
+  // vhost::Device
+  uint64_t features() const override;
+  uint64_t protocol_features() const override;
+  uint32_t num_queues() const override { return 2 * pairs(); }
+  Result<void> on_features(uint64_t acked) override;
+  std::span<const std::byte> config() const override { return config_space_; }
+  void on_queue_started(uint32_t index) override;
+  void on_queue_stopped(uint32_t index) override;
+  Result<void> on_mtu(uint32_t mtu) override;
+  void on_rarp(const uint8_t (&mac)[6]) override;
+  void on_status(uint8_t) override {}
+
+ private:
+  /// One queue pair and its TAP queue. Worker thread only.
+  struct Pair {
+    net::Tap tap;
+    Interest tap_interest;    // EPOLLIN / EPOLLOUT of the TAP queue
+    Interest rx_kick;         // receiveq p's kick eventfd, while the ring runs
+    Interest tx_kick;         // transmitq p's, while it runs or discards
+    bool rx_running = false;  // receiveq p (device → driver) is started
+    bool tx_running = false;  // transmitq p (driver → device) is started
+    bool attached = true;     // the TAP queue takes part in the kernel's queue selection
+    bool detach_due = false;  // no ring runs: detach once the current batch of messages is done
+    bool tx_blocked = false;  // the TAP queue said EAGAIN: waiting for EPOLLOUT
+    bool rx_paused = false;   // the guest had no RX buffer: waiting for its kick
+    bool tx_pending = false;  // budget used up: continue_work() carries on
+    bool rx_pending = false;
+
+    // transmitq p is started but disabled (SET_VRING_ENABLE 0): its chains are discarded.
+    bool tx_discarding = false;
+    // A frame read while the guest was refilling receiveq p, until it posts enough.
+    dataplane::RxHold rx_hold;
+  };
+
+  // SPEC: virtio 1.2 §5.1.2: receiveqN is virtqueue 2(N-1), transmitqN is 2(N-1)+1.
+  static constexpr bool is_rx(uint32_t index) { return index % 2 == 0; }
+  uint32_t pairs() const { return static_cast<uint32_t>(pairs_.size()); }
+
+  // Port
+  bool session_open() const override { return backend_ != nullptr; }
+  void start_session(Fd conn) override;
+  void close_session(std::string_view why) override;
+  void on_connection(uint32_t events) override;
+  void on_tap(uint16_t pair, uint32_t events) override;
+  void on_kick(uint16_t virtqueue) override;
+  void continue_pending() override;
+  bool fill_view(SessionView& v) const override;
+
+  void build_config_space();
+  /// Watches `index`'s kick eventfd (the ring started).
+  void watch_kick(uint32_t index);
+  void update_tap(uint32_t p);
+  void detach_idle_tap_queues();
+  void run_tx(uint32_t p);
+  void run_rx(uint32_t p);
+
+  net::Mac guest_mac_;
+  std::vector<Pair> pairs_;
+  std::unique_ptr<vhost::Backend> backend_;
+  Interest conn_;  // the session's socket
+  std::array<std::byte, 12> config_space_{};
+  dataplane::NetSession session_;
+  uint64_t acked_ = 0;
+  unsigned tun_offloads_ = 0;
+  bool carrier_ = false;
+};
+
+}  // namespace vp::daemon

@@ -1,0 +1,248 @@
+#include "daemon/worker.hpp"
+
+#include <pthread.h>
+#include <sched.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+
+#include "daemon/port.hpp"
+#include "sys/log.hpp"
+#include "sys/str.hpp"
+
+namespace vp::daemon {
+
+// Interest ----------------------------------------------------------------------------------
+
+Interest& Interest::operator=(Interest&& other) noexcept {
+  if (this == &other) return *this;
+  clear();
+  epoll_ = other.epoll_;
+  fd_ = other.fd_;
+  tag_ = other.tag_;
+  keep_ = other.keep_;
+  registered_ = std::exchange(other.registered_, false);
+  mask_ = std::exchange(other.mask_, 0);
+  return *this;
+}
+
+void Interest::ctl(int op, uint32_t mask) noexcept {
+  epoll_event ev{};
+  ev.events = mask;
+  ev.data.u64 = tag_;
+  ::epoll_ctl(epoll_, op, fd_, op == EPOLL_CTL_DEL ? nullptr : &ev);
+}
+
+void Interest::set(uint32_t mask) noexcept {
+  if (fd_ < 0) return;
+  if (!registered_) {
+    if (mask == 0 && !keep_) return;
+    ctl(EPOLL_CTL_ADD, mask);
+    registered_ = true;
+  } else if (mask == 0 && !keep_) {
+    ctl(EPOLL_CTL_DEL, 0);
+    registered_ = false;
+  } else if (mask != mask_) {
+    ctl(EPOLL_CTL_MOD, mask);
+  }
+  mask_ = mask;
+}
+
+void Interest::clear() noexcept {
+  if (registered_) ctl(EPOLL_CTL_DEL, 0);
+  registered_ = false;
+  mask_ = 0;
+}
+
+// Worker ------------------------------------------------------------------------------------
+
+Worker::Worker(unsigned index)
+    : index_(index),
+      epoll_(::epoll_create1(EPOLL_CLOEXEC)),
+      wake_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = EventTag::kWake;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
+  thread_ = std::thread([this] { run(); });
+}
+
+Worker::~Worker() {
+  call([this] {
+    pending_.clear();
+    by_id_.clear();
+    ports_.clear();
+    stop_ = true;
+  });
+  thread_.join();
+}
+
+void Worker::post(std::function<void()> fn) {
+  {
+    std::lock_guard lock(commands_mutex_);
+    commands_.push_back(std::move(fn));
+  }
+  const uint64_t one = 1;
+  (void)!::write(wake_.get(), &one, sizeof one);
+}
+
+void Worker::call(std::function<void()> fn) {
+  std::mutex done_mutex;
+  std::condition_variable done_cv;
+  bool done = false;
+  post([&] {
+    fn();
+    std::lock_guard done_lock(done_mutex);
+    done = true;
+    done_cv.notify_one();
+  });
+  std::unique_lock lock(done_mutex);
+  done_cv.wait(lock, [&] { return done; });
+}
+
+std::future<void> Worker::probe() {
+  // The command owns the promise: a caller that gave up waiting leaves nothing behind that
+  // the worker could touch later.
+  auto answered = std::make_shared<std::promise<void>>();
+  std::future<void> f = answered->get_future();
+  post([answered] { answered->set_value(); });
+  return f;
+}
+
+void Worker::run_commands() {
+  uint64_t count = 0;
+  (void)!::read(wake_.get(), &count, sizeof count);
+  std::deque<std::function<void()>> batch;
+  {
+    std::lock_guard lock(commands_mutex_);
+    batch.swap(commands_);
+  }
+  for (auto& fn : batch) fn();
+}
+
+void Worker::attach(const std::string& name, MakePort make) {
+  auto status = std::make_shared<PortStatus>();
+  {
+    std::lock_guard lock(status_mutex_);
+    status_[name] = status;
+  }
+  call([this, &make, &status] {
+    const uint32_t id = next_id_++;
+    add(id, make(*this, id, status));
+  });
+}
+
+void Worker::detach(const std::string& name) {
+  call([this, &name] { remove(name); });
+}
+
+void Worker::set_priority(const std::string& name, int priority) {
+  call([this, &name, priority] {
+    if (auto it = ports_.find(name); it != ports_.end()) {
+      it->second->set_priority(priority);
+      apply_priority();
+    }
+  });
+}
+
+std::shared_ptr<PortStatus> Worker::status_of(const std::string& name) const {
+  std::lock_guard lock(status_mutex_);
+  auto it = status_.find(name);
+  return it == status_.end() ? nullptr : it->second;
+}
+
+size_t Worker::port_count() const {
+  std::lock_guard lock(status_mutex_);
+  return status_.size();
+}
+
+void Worker::add(uint32_t id, std::unique_ptr<Port> port) {
+  by_id_[id] = port.get();
+  ports_[port->name()] = std::move(port);
+  apply_priority();
+}
+
+void Worker::remove(const std::string& name) {
+  auto it = ports_.find(name);
+  if (it == ports_.end()) return;
+  std::erase(pending_, it->second.get());
+  for (auto i = by_id_.begin(); i != by_id_.end();) {
+    i = i->second == it->second.get() ? by_id_.erase(i) : std::next(i);
+  }
+  ports_.erase(it);
+  apply_priority();
+  std::lock_guard lock(status_mutex_);
+  status_.erase(name);
+}
+
+void Worker::apply_priority() {
+  // priority=N puts the data-path thread in SCHED_FIFO at N; a worker serving several
+  // endpoints runs at the highest of theirs. 0 everywhere: normal scheduling.
+  int wanted = 0;
+  for (const auto& [name, port] : ports_) wanted = std::max(wanted, port->priority());
+  if (wanted == priority_) return;
+  sched_param param{};
+  param.sched_priority = wanted;
+  const int rc =
+      ::pthread_setschedparam(::pthread_self(), wanted ? SCHED_FIFO : SCHED_OTHER, &param);
+  if (rc != 0) {
+    log::warning("data-path worker ", index_, ": cannot set SCHED_FIFO priority ", wanted, ": ",
+                 std::strerror(rc), " (vpd needs CAP_SYS_NICE)");
+    return;
+  }
+  priority_ = wanted;
+  log::info("data-path worker ", index_, ": scheduling ",
+            wanted ? str("SCHED_FIFO priority ", wanted) : std::string("normal"));
+}
+
+void Worker::dispatch(uint64_t tag, uint32_t events) {
+  if (tag == EventTag::kWake) {
+    run_commands();
+    return;
+  }
+  const EventTag t = EventTag::decode(tag);
+  auto it = by_id_.find(t.port);
+  if (it == by_id_.end()) return;  // the port went away earlier in this batch
+  it->second->on_event(t.kind, t.queue, events);
+}
+
+void Worker::run() {
+  log::info("data-path worker ", index_, " running");
+  epoll_event events[64];
+  while (!stop_) {
+    const int n = ::epoll_wait(epoll_.get(), events, 64, pending_.empty() ? -1 : 0);
+    if (n < 0 && errno != EINTR) {
+      log::error("data-path worker ", index_, ": epoll_wait: ", std::strerror(errno));
+      return;
+    }
+    for (int i = 0; i < n; ++i) dispatch(events[i].data.u64, events[i].events);
+    if (n <= 0 && !pending_.empty()) {
+      // Swapped with a member, not a local: no allocation once both have grown.
+      running_.swap(pending_);
+      for (Port* p : running_) p->continue_work();
+      running_.clear();
+    }
+  }
+}
+
+bool all_responsive(std::span<Worker* const> workers, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::vector<std::future<void>> answers;
+  answers.reserve(workers.size());
+  for (Worker* w : workers) answers.push_back(w->probe());
+  for (auto& answer : answers) {
+    if (answer.wait_until(deadline) != std::future_status::ready) return false;
+    try {
+      answer.get();
+    } catch (const std::future_error&) {
+      return false;  // the worker stopped before it ran the probe
+    }
+  }
+  return true;
+}
+
+}  // namespace vp::daemon

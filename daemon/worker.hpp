@@ -1,0 +1,163 @@
+#pragma once
+
+// One data-path thread: an epoll, a command queue woken by an eventfd, and the ports
+// (endpoints) it owns. The control thread talks to a worker only by posting commands; the
+// ports' fds are touched by the worker thread alone.
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "dataplane/forward.hpp"
+#include "sys/fd.hpp"
+
+namespace vp::daemon {
+
+class Port;
+struct PortStatus;
+
+/// Named event kinds: what a port's epoll event is about.
+enum class EventKind : uint8_t {
+  kListener = 1,  ///< the bind= socket has connections waiting
+  kConnection,    ///< the session's socket (vhost-user or stream) is readable or writable
+  kTap,           ///< a TAP queue; the tag's queue is the queue pair
+  kKick,          ///< a virtqueue's kick eventfd; the tag's queue is the virtqueue
+  kRedial,        ///< the peer= redial timer expired
+};
+
+/// One epoll tag: port id (high 32 bits), kind (bits 16-23) and queue index (low 16 bits).
+/// Tag 0 is the worker's own wake-up; port ids start at kFirstPortId, so no port's tag can
+/// ever be taken for it.
+struct EventTag {
+  static constexpr uint64_t kWake = 0;
+  static constexpr uint32_t kFirstPortId = 1;
+
+  uint32_t port = 0;
+  EventKind kind = EventKind::kListener;
+  uint16_t queue = 0;
+
+  static constexpr uint64_t encode(uint32_t port, EventKind kind, uint16_t queue = 0) noexcept {
+    return uint64_t{port} << 32 | uint64_t{static_cast<uint8_t>(kind)} << 16 | queue;
+  }
+  static constexpr EventTag decode(uint64_t tag) noexcept {
+    return {static_cast<uint32_t>(tag >> 32), static_cast<EventKind>((tag >> 16) & 0xff),
+            static_cast<uint16_t>(tag & 0xffff)};
+  }
+};
+
+/// The epoll interest of one fd, changed by mask: ADD when it goes from nothing to something,
+/// DEL when it goes back to nothing, MOD in between; nothing when the mask is unchanged. A
+/// `registered_when_empty` fd stays added with an empty mask (a socket that must still report
+/// EPOLLHUP).
+class Interest {
+ public:
+  Interest() = default;
+  Interest(int epoll, int fd, uint64_t tag, bool registered_when_empty = false) noexcept
+      : epoll_(epoll), fd_(fd), tag_(tag), keep_(registered_when_empty) {}
+  Interest(Interest&& other) noexcept { *this = std::move(other); }
+  Interest& operator=(Interest&& other) noexcept;
+  ~Interest() { clear(); }
+
+  /// Watches `mask` (EPOLLIN / EPOLLOUT) from now on.
+  void set(uint32_t mask) noexcept;
+  /// Removes the fd from the epoll (before the fd is closed or handed on).
+  void clear() noexcept;
+  uint32_t mask() const noexcept { return mask_; }
+  bool registered() const noexcept { return registered_; }
+
+ private:
+  void ctl(int op, uint32_t mask) noexcept;
+
+  int epoll_ = -1;
+  int fd_ = -1;
+  uint64_t tag_ = 0;
+  bool keep_ = false;
+  bool registered_ = false;
+  uint32_t mask_ = 0;
+};
+
+class Worker {
+ public:
+  using MakePort = std::function<std::unique_ptr<Port>(Worker&, uint32_t id,
+                                                       std::shared_ptr<PortStatus> status)>;
+
+  explicit Worker(unsigned index);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Control thread ---------------------------------------------------------------------------
+
+  /// Runs `fn` on the worker thread and waits for it, however long it takes: for commands
+  /// that must be done before the caller goes on (attach, detach). `fn` may refer to the
+  /// caller's stack.
+  void call(std::function<void()> fn);
+  /// Queues `fn` for the worker thread and returns at once. `fn` must own what it uses.
+  void post(std::function<void()> fn);
+  /// Posts a no-op; the future is ready once the worker ran it (or broken if the worker stopped
+  /// first). The state is shared, so the caller may stop waiting at any time.
+  std::future<void> probe();
+
+  /// Serves a new port: `make` runs on the worker thread with the port's id and the status it
+  /// publishes. Waits until it is served.
+  void attach(const std::string& name, MakePort make);
+  /// Stops serving `name` and waits until the worker let go of every fd of it.
+  void detach(const std::string& name);
+  void set_priority(const std::string& name, int priority);
+  /// What `name` publishes (null when this worker does not serve it).
+  std::shared_ptr<PortStatus> status_of(const std::string& name) const;
+  bool serves(const std::string& name) const { return status_of(name) != nullptr; }
+  size_t port_count() const;
+
+  // Worker thread ----------------------------------------------------------------------------
+
+  int epoll() const { return epoll_.get(); }
+  dataplane::NetScratch& scratch() { return scratch_; }
+  /// `port` left work for later (budget used up): continue_work() once the epoll is idle.
+  void mark_pending(Port* port) { pending_.push_back(port); }
+  void forget_pending(Port* port) { std::erase(pending_, port); }
+
+ private:
+  void run();
+  void run_commands();
+  void dispatch(uint64_t tag, uint32_t events);
+  void add(uint32_t id, std::unique_ptr<Port> port);
+  void remove(const std::string& name);
+  /// Sets this thread's scheduling from its ports' priority=.
+  void apply_priority();
+
+  unsigned index_;
+  Fd epoll_;
+  Fd wake_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::mutex commands_mutex_;
+  std::deque<std::function<void()>> commands_;
+  dataplane::NetScratch scratch_;
+  // Worker thread only.
+  uint32_t next_id_ = EventTag::kFirstPortId;
+  int priority_ = 0;
+  std::map<uint32_t, Port*> by_id_;
+  std::map<std::string, std::unique_ptr<Port>> ports_;
+  std::vector<Port*> pending_;
+  std::vector<Port*> running_;  // the pending_ being served
+  // Shared with the control thread.
+  mutable std::mutex status_mutex_;
+  std::map<std::string, std::shared_ptr<PortStatus>> status_;
+};
+
+/// True when every one of `workers` ran a posted no-op within `timeout` (the watchdog's
+/// question). Never waits longer than `timeout`: a wedged worker answers later, into state
+/// the probe shares with it, not into the caller's stack.
+bool all_responsive(std::span<Worker* const> workers, std::chrono::milliseconds timeout);
+
+}  // namespace vp::daemon
