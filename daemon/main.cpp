@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <optional>
@@ -224,9 +225,22 @@ class ControlLoop {
     ::timerfd_settime(timer_.get(), 0, &spec, nullptr);
   }
 
-  /// WATCHDOG=1 only while the control thread runs (this call) AND every data-path worker
-  /// answers: a wedged worker must let systemd restart vpd.
-  void pet_watchdog() { sd_notify(0, "WATCHDOG=1"); }
+  /// WATCHDOG=1 only while the control thread runs (this call) and every data-path worker
+  /// answers a probe: a wedged worker must let systemd restart vpd. The probe waits at most a
+  /// quarter of the watchdog interval (and 1 s), so the control thread keeps serving.
+  void pet_watchdog() {
+    const auto timeout =
+        std::chrono::milliseconds(std::clamp<uint64_t>(watchdog_usec_ / 4000, 1, 1000));
+    const bool answered = dataplane_.responsive(timeout);
+    if (!answered && !withheld_) {
+      log::error("a data-path worker does not answer within ", timeout.count(),
+                 " ms; WATCHDOG=1 is withheld so that systemd restarts vpd");
+    } else if (answered && withheld_) {
+      log::notice("every data-path worker answers again; WATCHDOG=1 resumes");
+    }
+    withheld_ = !answered;
+    if (answered) sd_notify(0, "WATCHDOG=1");
+  }
 
   /// Reads the pending signals: SIGHUP reloads the configuration, the others stop vpd.
   /// False when vpd is to stop.
@@ -259,6 +273,7 @@ class ControlLoop {
   Fd sigfd_;
   Fd timer_;
   bool watchdog_ = false;
+  bool withheld_ = false;  // the last probe found a worker that did not answer
   uint64_t watchdog_usec_ = 0;
 };
 

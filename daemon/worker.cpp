@@ -211,6 +211,9 @@ void Worker::dispatch(uint64_t tag, uint32_t events) {
 }
 
 void Worker::run() {
+  // "vpd-worker0": what ps -L, top -H and /proc/PID/task/TID/comm show for this thread.
+  const std::string thread_name = str("vpd-worker", index_);
+  ::pthread_setname_np(::pthread_self(), thread_name.c_str());
   log::info("data-path worker ", index_, " running");
   epoll_event events[64];
   while (!stop_) {

@@ -9,6 +9,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -350,6 +351,57 @@ TEST_F(Service, watchdog_pings_when_watchdog_usec_is_set) {
   // The other vpd ran as long and was told the watchdog belongs to pid 1.
   EXPECT_EQ(count_notes(other.notifications(), "WATCHDOG=1"), 0u);
   EXPECT_EQ(other.stop(), 0);
+}
+
+/// The thread ids of `pid`'s threads whose name (comm) starts with `prefix`.
+std::vector<pid_t> threads_named(pid_t pid, const std::string& prefix) {
+  std::vector<pid_t> tids;
+  const std::string task = "/proc/" + std::to_string(pid) + "/task";
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(task, ec)) {
+    if (read_file(entry.path().string() + "/comm").starts_with(prefix)) {
+      tids.push_back(static_cast<pid_t>(std::stoi(entry.path().filename().string())));
+    }
+  }
+  return tids;
+}
+
+TEST_F(Service, watchdog_stops_while_a_data_path_worker_is_wedged) {
+  // A worker that never comes back to its epoll (here: stopped by ptrace, the rest of vpd
+  // running) must stop the WATCHDOG=1 pings so that systemd restarts vpd; pings resume when
+  // it answers again.
+  ::unsetenv("WATCHDOG_PID");
+  ::unsetenv("WATCHDOG_USEC");
+  ASSERT_EQ(vpd_->start({}, {"WATCHDOG_USEC=1000000"}), "");
+  ASSERT_TRUE(wait_note(*vpd_, "WATCHDOG=1")) << vpd_->log();
+  const std::vector<pid_t> workers = threads_named(vpd_->pid(), "vpd-worker");
+  ASSERT_FALSE(workers.empty()) << "no thread named vpd-worker* in vpd";
+  const pid_t tid = workers.front();
+
+  ASSERT_EQ(::ptrace(PTRACE_SEIZE, tid, nullptr, nullptr), 0) << std::strerror(errno);
+  ASSERT_EQ(::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr), 0) << std::strerror(errno);
+  int st = 0;
+  ASSERT_EQ(::waitpid(tid, &st, __WALL), tid);
+  // One ping may already be on its way; after that, none while the worker is stopped.
+  std::this_thread::sleep_for(1500ms);
+  const size_t before = count_notes(vpd_->notifications(), "WATCHDOG=1");
+  std::this_thread::sleep_for(3s);
+  const size_t during = count_notes(vpd_->notifications(), "WATCHDOG=1");
+  // The control thread still answers while the worker is stuck.
+  test::Run r = vpd_->ctl({"list"});
+  ::ptrace(PTRACE_DETACH, tid, nullptr, nullptr);
+
+  EXPECT_EQ(during, before) << "vpd pinged the watchdog while a worker was wedged";
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(contains(vpd_->log(), "does not answer")) << vpd_->log();
+  const auto deadline = std::chrono::steady_clock::now() + kWait;
+  while (count_notes(vpd_->notifications(), "WATCHDOG=1") <= during &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_GT(count_notes(vpd_->notifications(), "WATCHDOG=1"), during)
+      << "the pings did not resume once the worker answered again";
+  EXPECT_EQ(vpd_->stop(), 0);
 }
 
 TEST_F(Service, sighup_sends_reloading_then_ready) {
