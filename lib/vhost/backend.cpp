@@ -485,16 +485,20 @@ Result<void> Backend::set_vring_addr(uint32_t index, const VringAddr& addr) {
   return {};
 }
 
-Result<void> Backend::set_vring_base(uint32_t index, uint32_t base) {
+Result<void> Backend::set_vring_base(uint32_t index, uint32_t num) {
   Vring& vring = vrings_[index];
+  uint32_t base = num;
   if (vring.packed()) {
     // SPEC: vhost-user.rst: packed base is avail index (bits 0-14) + wrap (15), used index
-    // (16-30) + wrap (31). GUEST: both indices must name ring entries.
+    // (16-30) + wrap (31); DPDK virtio-user sends the avail half only (bits 16-31 zero), which
+    // names a used position equal to the avail one (see packed_base_from_front_end).
+    // GUEST: both indices must name ring entries.
+    base = virtio::packed_base_from_front_end(num);
     const uint32_t avail = base & 0x7fff;
     const uint32_t used = (base >> 16) & 0x7fff;
     if (vring.num != 0 && (avail >= vring.num || used >= vring.num)) {
       return refuse(error::kBadRing,
-                    str("SET_VRING_BASE: ring ", index, " base ", hex(base), " names entries ",
+                    str("SET_VRING_BASE: ring ", index, " base ", hex(num), " names entries ",
                         avail, "/", used, " past the ring size ", vring.num));
     }
   }
@@ -509,6 +513,9 @@ VringState Backend::get_vring_base(uint32_t index) {
   // SPEC: vhost-user.rst: GET_VRING_BASE stops the ring.
   stop_ring(index);
   Vring& vring = vrings_[index];
+  // SPEC: vhost-user.rst: packed rings answer the full encoding (both halves), which QEMU
+  // reads whole. A stopped ring has nothing in flight, so its used half equals its avail half
+  // and a front-end that reads bits 0-15 only (DPDK) resumes at the same place.
   const uint32_t base = vring.base();
   // The front-end sends both again before it restarts the ring (libvhost-user and DPDK
   // close them here too).
