@@ -180,7 +180,7 @@ std::optional<Chain> PackedQueue::pop(std::span<iovec> iov) noexcept {
       last_pop_slots_ = head.slots;
       return builder.finish(head);
     }
-    // STYLE 4: never leak a buffer; the driver gets it back with nothing written.
+    // Never leak a buffer: the driver gets it back with nothing written, and it is counted.
     detail::count_fault(counters_, fault);
     slots_in_flight_ -= count;
     write_used(head, 0);

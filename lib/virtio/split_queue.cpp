@@ -132,7 +132,7 @@ std::optional<Chain> SplitQueue::pop(std::span<iovec> iov) noexcept {
       can_unpop_ = true;
       return builder.finish(ChainHead{head, 1});
     }
-    // STYLE 4: never leak a head; the driver gets it back with nothing written.
+    // Never leak a head: the driver gets it back with nothing written, and it is counted.
     detail::count_fault(counters_, fault);
     --in_flight_;
     write_used(head, 0);
