@@ -6,7 +6,7 @@
 // format (split or packed); explicit instantiations for both live in forward_tx.cpp and
 // forward_rx.cpp.
 //
-// Hot path (STYLE): every function here is noexcept and never allocates, locks or logs; the
+// Hot path: every function here is noexcept and never allocates, locks or logs; the
 // scratch arrays are allocated once per worker (NetScratch); drops are counted in
 // NetCounters, never thrown.
 //

@@ -141,7 +141,7 @@ typename RxRun<Q>::TopUp RxRun<Q>::top_up() noexcept {
     // least a virtio header long (with MRG_RXBUF; without it the one buffer must hold the
     // header too).
     if (chain->readable_bytes != 0 || chain->writable_bytes < s_.hdr_len) {
-      q_.push_used(chain->head, 0);  // STYLE 4: never leak a head
+      q_.push_used(chain->head, 0);  // never leak a head: it goes back with length 0
       ++c_.rx_malformed_chain;
       ++result_.chains;
       pinned_ = held;

@@ -153,14 +153,14 @@ ForwardResult drain_tx(Q& q, int call_fd, const NetSession& s, NetScratch& scrat
     }
     const TxOutcome outcome = handle(*chain);
     if (outcome == TxOutcome::kTapFull) {
-      // STYLE 5: rewind and wait for EPOLLOUT. unpop() is valid: nothing touched the queue
-      // since this pop.
+      // EAGAIN: rewind and wait for EPOLLOUT, never spin or drop. unpop() is valid: nothing touched
+      // the queue since this pop.
       q.unpop();
       ++c.tx_tap_full;
       r.status = ForwardStatus::kTapFull;
       break;
     }
-    // STYLE 4: every chain goes back; nothing was written into a TX buffer.
+    // Never leak a head: every chain goes back; nothing was written into a TX buffer.
     q.push_used(chain->head, 0);
     ++r.chains;
     if (outcome == TxOutcome::kSent) ++r.frames;

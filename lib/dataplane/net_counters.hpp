@@ -1,6 +1,7 @@
 #pragma once
 
-// What one queue pair's forwarding did, named after outcomes (STYLE 9). Plain integers owned
+// What one queue pair's forwarding did, each counter named after an outcome (a drop says why it
+// dropped), accumulated per wake-up and published once. Plain integers owned
 // by the worker thread: forward_tx()/forward_rx() add to the worker's local copy during one
 // wake-up and the worker publishes it once (e.g. adds it into the endpoint's shared stats).
 

@@ -81,8 +81,10 @@ uint64_t close_dependencies(uint64_t features);
 /// under the dependencies.
 uint64_t effective_features(std::optional<uint64_t> peerfeats, uint32_t toggles);
 
-/// The DESIGN.md table: TUNSETOFFLOAD flags for the GUEST_* bits of `features`
-/// (TSO/ECN/UFO/USO only together with CSUM).
+/// TUNSETOFFLOAD flags for the GUEST_* bits of `features`, so that the TAP hands the guest
+/// only what it acked: GUEST_CSUM -> TUN_F_CSUM; GUEST_TSO4/6 -> TUN_F_TSO4/6, GUEST_ECN ->
+/// TUN_F_TSO_ECN, GUEST_UFO -> TUN_F_UFO, GUEST_USO4/6 -> TUN_F_USO4/6, each only together
+/// with CSUM.
 unsigned tun_offloads_for(uint64_t features);
 
 /// "CSUM|GUEST_CSUM|..." (or "none"); unnamed bits as "bit N".

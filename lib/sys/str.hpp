@@ -1,6 +1,7 @@
 #pragma once
 
 #include <concepts>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -23,6 +24,21 @@ template <class... Args>
 std::string str(const Args&... args) {
   std::string out;
   (detail::append(out, args), ...);
+  return out;
+}
+
+/// "0x" and the lower-case hex digits of `value`, without leading zeros: hex(0x1c0) ==
+/// "0x1c0", hex(0) == "0x0". For feature masks, flags and addresses in messages.
+inline std::string hex(uint64_t value) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  char digits[16];
+  std::size_t n = 0;
+  do {
+    digits[n++] = kDigits[value & 0xf];
+    value >>= 4;
+  } while (value != 0);
+  std::string out = "0x";
+  while (n > 0) out += digits[--n];
   return out;
 }
 

@@ -11,22 +11,10 @@
 
 #include "sys/log.hpp"
 #include "sys/str.hpp"
+#include "virtio/ring_parts.hpp"
 
 namespace vp::vhost {
 namespace {
-
-std::string hex(uint64_t value) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  char buffer[16];
-  size_t n = 0;
-  do {
-    buffer[n++] = kDigits[value & 0xf];
-    value >>= 4;
-  } while (value != 0);
-  std::string out = "0x";
-  while (n > 0) out += buffer[--n];
-  return out;
-}
 
 std::unexpected<Error> refuse(std::string_view code, std::string message) {
   return fail(std::string(code), std::move(message));
@@ -41,17 +29,6 @@ Result<void> make_nonblocking(const Fd& fd, std::string_view what) {
     return sys_fail(str("fcntl(F_SETFL, O_NONBLOCK) on the ", what, " fd"), errno);
   }
   return {};
-}
-
-// SPEC: virtio 1.2 §2.7 (split) and §2.8.10.1 (packed): bytes of each ring part.
-struct PartSizes {
-  uint64_t desc;
-  uint64_t driver;
-  uint64_t device;
-};
-constexpr PartSizes part_sizes(uint64_t num, bool packed) noexcept {
-  if (packed) return {virtio::kDescSize * num, 4, 4};
-  return {virtio::kDescSize * num, 6 + 2 * num, 6 + 8 * num};
 }
 
 }  // namespace
@@ -485,16 +462,20 @@ Result<void> Backend::set_vring_addr(uint32_t index, const VringAddr& addr) {
   return {};
 }
 
-Result<void> Backend::set_vring_base(uint32_t index, uint32_t base) {
+Result<void> Backend::set_vring_base(uint32_t index, uint32_t num) {
   Vring& vring = vrings_[index];
+  uint32_t base = num;
   if (vring.packed()) {
     // SPEC: vhost-user.rst: packed base is avail index (bits 0-14) + wrap (15), used index
-    // (16-30) + wrap (31). GUEST: both indices must name ring entries.
+    // (16-30) + wrap (31); DPDK virtio-user sends the avail half only (bits 16-31 zero), which
+    // names a used position equal to the avail one (see packed_base_from_front_end).
+    // GUEST: both indices must name ring entries.
+    base = virtio::packed_base_from_front_end(num);
     const uint32_t avail = base & 0x7fff;
     const uint32_t used = (base >> 16) & 0x7fff;
     if (vring.num != 0 && (avail >= vring.num || used >= vring.num)) {
       return refuse(error::kBadRing,
-                    str("SET_VRING_BASE: ring ", index, " base ", hex(base), " names entries ",
+                    str("SET_VRING_BASE: ring ", index, " base ", hex(num), " names entries ",
                         avail, "/", used, " past the ring size ", vring.num));
     }
   }
@@ -509,6 +490,9 @@ VringState Backend::get_vring_base(uint32_t index) {
   // SPEC: vhost-user.rst: GET_VRING_BASE stops the ring.
   stop_ring(index);
   Vring& vring = vrings_[index];
+  // SPEC: vhost-user.rst: packed rings answer the full encoding (both halves), which QEMU
+  // reads whole. A stopped ring has nothing in flight, so its used half equals its avail half
+  // and a front-end that reads bits 0-15 only (DPDK) resumes at the same place.
   const uint32_t base = vring.base();
   // The front-end sends both again before it restarts the ring (libvhost-user and DPDK
   // close them here too).
@@ -602,28 +586,19 @@ void Backend::match_format(Vring& vring) noexcept {
 }
 
 Result<virtio::QueueConfig> Backend::ring_config(const Vring& vring, uint32_t index) const {
-  const PartSizes sizes = part_sizes(vring.num, vring.packed());
-  struct Part {
-    const char* name;
-    uint64_t uva;
-    uint64_t bytes;
-  };
+  const virtio::RingParts parts = virtio::ring_parts(vring.num, vring.packed());
   // For packed rings the avail/used fields carry the driver/device event areas.
-  const Part parts[] = {
-      {"descriptor table", vring.addr.desc_user_addr, sizes.desc},
-      {vring.packed() ? "driver event area" : "available ring", vring.addr.avail_user_addr,
-       sizes.driver},
-      {vring.packed() ? "device event area" : "used ring", vring.addr.used_user_addr, sizes.device},
-  };
+  const uint64_t uva[3] = {vring.addr.desc_user_addr, vring.addr.avail_user_addr,
+                           vring.addr.used_user_addr};
   uint64_t gpa[3] = {};
-  for (size_t i = 0; i < 3; ++i) {
+  for (size_t i = 0; i < parts.size(); ++i) {
     // GUEST: ring addresses are front-end virtual addresses; the whole part must lie in one
     // region.
-    const auto translated = memory_.table.uva_to_gpa(parts[i].uva, parts[i].bytes);
+    const auto translated = memory_.table.uva_to_gpa(uva[i], parts[i].bytes);
     if (!translated) {
-      return refuse(error::kBadRing, str("ring ", index, ": ", parts[i].name,
-                                         " at front-end address ", hex(parts[i].uva), " (",
-                                         parts[i].bytes, " bytes) is not inside guest memory"));
+      return refuse(error::kBadRing,
+                    str("ring ", index, ": ", parts[i].name, " at front-end address ", hex(uva[i]),
+                        " (", parts[i].bytes, " bytes) is not inside guest memory"));
     }
     gpa[i] = *translated;
   }

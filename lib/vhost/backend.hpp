@@ -1,11 +1,12 @@
 #pragma once
 
-// The vhost-user protocol engine, device side (STYLE.md item 2: engine separate from device
-// policy). Backend owns one front-end connection: it reads and validates every message
-// (request_table.hpp) before a handler runs, keeps the negotiation state, maps guest memory,
-// holds the virtqueues and their eventfds, and decides when a ring starts and stops. A Device
-// supplies only policy: the features it offers, its config space, and what to do when a
-// ring starts or stops. Nothing here runs per packet.
+// The vhost-user protocol engine, device side, kept apart from device policy: the engine owns
+// the message loop and the device supplies only features, config and queue handlers. Backend owns
+// one front-end connection: it reads and validates every message (request_table.hpp) before a
+// handler runs, keeps the negotiation state, maps guest memory, holds the virtqueues and their
+// eventfds, and decides when a ring starts and stops. A Device supplies only policy: the features
+// it offers, its config space, and what to do when a ring starts or stops. Nothing here runs per
+// packet.
 //
 // Threading: a Backend and its Device callbacks run on one thread (the worker that owns the
 // endpoint). The data plane may run elsewhere only if the Device pauses it synchronously in
@@ -150,7 +151,8 @@ struct Vring {
   }
 };
 
-/// Outcomes of the session, counted (STYLE.md item 9). Owned by the session's thread.
+/// Outcomes of the session, each counter named after what happened. Owned by the session's
+/// thread.
 struct BackendCounters {
   uint64_t requests_handled = 0;  ///< valid requests carried out
   uint64_t requests_refused = 0;  ///< the sum of the refusal counters below

@@ -116,7 +116,7 @@ enum class WriteStatus {
 };
 
 /// Sends one message at a time; keeps the unsent rest when a non-blocking socket is full
-/// (STYLE item 5: rewind and wait for EPOLLOUT, never spin, never drop).
+/// (EAGAIN means keep the rest and wait for EPOLLOUT: never spin, never drop).
 class MessageWriter {
  public:
   /// Queues a message. The fds are duplicated (close-on-exec): the caller keeps its own,

@@ -162,19 +162,6 @@ constexpr std::array<std::string_view, 20> kProtocolFeatureNames = {
     "DEVICE_STATE",
 };
 
-std::string hex(uint64_t value) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  char buffer[16];
-  size_t n = 0;
-  do {
-    buffer[n++] = kDigits[value & 0xf];
-    value >>= 4;
-  } while (value != 0);
-  std::string out = "0x";
-  while (n > 0) out += buffer[--n];
-  return out;
-}
-
 std::string count_of(uint64_t n, std::string_view one, std::string_view many) {
   return str(n, ' ', n == 1 ? one : many);
 }

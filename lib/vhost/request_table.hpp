@@ -1,6 +1,7 @@
 #pragma once
 
-// The one validation table for front-end requests (STYLE.md item 1). Every request that
+// The one validation table for front-end requests: a request is checked against its row
+// (name, payload size, fd count, queue index, handler) or not at all. Every request that
 // arrives is checked here — flags, payload size, payload shape, fd count, queue index —
 // before any handler sees it, so a handler may index its queue array with the index this
 // returns and read its payload struct without checking again.

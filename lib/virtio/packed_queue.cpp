@@ -1,11 +1,11 @@
 #include "virtio/packed_queue.hpp"
 
 #include <atomic>
-#include <iterator>
-#include <string_view>
+#include <utility>
 
 #include "sys/str.hpp"
 #include "virtio/guest_access.hpp"
+#include "virtio/ring_parts.hpp"
 
 namespace vp::virtio {
 
@@ -23,7 +23,6 @@ constexpr std::size_t kDescFlags = 14;
 // SPEC: virtio 1.2 §2.8.14 struct pvirtq_event_suppress { le16 desc; le16 flags; }
 constexpr std::size_t kEventOffWrap = 0;
 constexpr std::size_t kEventFlags = 2;
-constexpr uint64_t kEventSuppressSize = 4;
 // SPEC: virtio 1.2 §2.8.14: desc = event offset (bits 0-14) | event wrap counter (bit 15).
 constexpr uint16_t kEventOffsetMask = 0x7fff;
 constexpr uint16_t kEventWrapBit = 0x8000;
@@ -34,14 +33,6 @@ constexpr bool is_available(uint16_t flags, bool wrap) noexcept {
   const bool used = (flags & kPackedDescFUsed) != 0;
   return avail == wrap && used != wrap;
 }
-
-struct Part {
-  std::string_view name;
-  uint64_t gpa;
-  uint64_t bytes;
-  uint64_t align;
-  std::byte* host = nullptr;
-};
 
 }  // namespace
 
@@ -55,47 +46,17 @@ Result<void> PackedQueue::configure(const GuestMemory& memory, const QueueConfig
     return fail("invalid-queue-size",
                 str("packed queue size ", config.size, " is not in [1, 32768]"));
   }
-  // SPEC: virtio 1.2 §2.8.10.1 table: alignment and size of each part.
-  Part parts[] = {
-      {"descriptor ring", config.desc_addr, uint64_t{kDescSize} * config.size, 16},
-      {"driver event suppression area", config.driver_addr, kEventSuppressSize, 4},
-      {"device event suppression area", config.device_addr, kEventSuppressSize, 4},
-  };
-  for (Part& p : parts) {
-    if (p.gpa % p.align != 0) {
-      return fail("ring-misaligned", str("packed queue ", p.name, " at guest address ", p.gpa,
-                                         " is not ", p.align, "-byte aligned"));
-    }
-    p.host = memory.translate(p.gpa, p.bytes);
-    if (p.host == nullptr) {
-      return fail("ring-outside-memory", str("packed queue ", p.name, " at guest address ", p.gpa,
-                                             " (", p.bytes, " bytes) is not inside guest memory"));
-    }
-    if (reinterpret_cast<uintptr_t>(p.host) % p.align != 0) {
-      return fail("ring-misaligned", str("packed queue ", p.name,
-                                         " is mapped at a host address "
-                                         "that is not ",
-                                         p.align, "-byte aligned"));
-    }
-  }
-  for (std::size_t i = 0; i < std::size(parts); ++i) {
-    for (std::size_t j = i + 1; j < std::size(parts); ++j) {
-      if (parts[i].gpa < parts[j].gpa + parts[j].bytes &&
-          parts[j].gpa < parts[i].gpa + parts[i].bytes) {
-        return fail("ring-overlap",
-                    str("packed queue ", parts[i].name, " overlaps its ", parts[j].name));
-      }
-    }
-  }
+  auto parts = place_ring_parts(memory, config, true, "packed queue");
+  if (!parts) return std::unexpected(std::move(parts.error()));
   if (next_avail_ >= config.size || next_used_ >= config.size) {
     return fail("invalid-vring-base", str("packed queue base (avail ", next_avail_, ", used ",
                                           next_used_, ") lies outside a ring of ", config.size));
   }
 
   memory_ = &memory;
-  desc_ = parts[0].host;
-  driver_event_ = parts[1].host;
-  device_event_ = parts[2].host;
+  desc_ = (*parts)[0];
+  driver_event_ = (*parts)[1];
+  device_event_ = (*parts)[2];
   size_ = static_cast<uint16_t>(config.size);
   event_idx_ = (config.features & kFeatureEventIdx) != 0;
   indirect_ = (config.features & kFeatureIndirectDesc) != 0;
@@ -219,7 +180,7 @@ std::optional<Chain> PackedQueue::pop(std::span<iovec> iov) noexcept {
       last_pop_slots_ = head.slots;
       return builder.finish(head);
     }
-    // STYLE 4: never leak a buffer; the driver gets it back with nothing written.
+    // Never leak a buffer: the driver gets it back with nothing written, and it is counted.
     detail::count_fault(counters_, fault);
     slots_in_flight_ -= count;
     write_used(head, 0);

@@ -30,6 +30,27 @@ inline constexpr uint16_t kRingEventFlagsEnable = 0;
 inline constexpr uint16_t kRingEventFlagsDisable = 1;
 inline constexpr uint16_t kRingEventFlagsDesc = 2;
 
+/// The packed-ring position a vhost-user front-end's SET_VRING_BASE names, in the full
+/// encoding that PackedQueue::set_vring_base() takes and vring_base() gives.
+// SPEC: vhost-user.rst, "Vring descriptor indices for packed virtqueues": bits 0-14 the next
+// available index, bit 15 the driver ring wrap counter, bits 16-30 the next used index, bit 31
+// the device ring wrap counter. QEMU sends all four (0x80008000 for a new ring). DPDK
+// virtio-user sends the available half only (0x00008000 for a new ring, bits 16-31 zero), and
+// DPDK's own back-end answers GET_VRING_BASE with that half and resumes with the used position
+// equal to the available one. So bits 16-31 zero mean "no used half": the used position is the
+// available one. Read literally, 0x00008000 would be used index 0 with wrap 0, a whole ring
+// behind a fresh avail position: the device would write used descriptors with the wrong wrap
+// bits and the driver would never see one. The only full encoding this misreads has its used
+// position at (0, wrap 0) with buffers in flight; a ring stopped by GET_VRING_BASE has none
+// (the data plane holds no buffer between wake-ups), and with none in flight the used position
+// equals the available one, so both readings agree. For the same reason GET_VRING_BASE gives
+// the full encoding: QEMU reads all of it, and a reader of bits 0-15 only (DPDK) finds there
+// the same position as in bits 16-31.
+constexpr uint32_t packed_base_from_front_end(uint32_t num) noexcept {
+  if ((num >> 16) != 0) return num;
+  return num | (num << 16);
+}
+
 class PackedQueue {
  public:
   PackedQueue() = default;
@@ -81,8 +102,10 @@ class PackedQueue {
   /// Device event suppression flags = DISABLE.
   void disable_notifications() noexcept;
 
-  /// vhost-user GET/SET_VRING_BASE for packed rings: bits 0-14 next avail index, bit 15 avail
-  /// wrap counter, bits 16-30 next used index, bit 31 used wrap counter. set_vring_base() may
+  /// The ring position in vhost-user's full packed encoding: bits 0-14 next avail index, bit
+  /// 15 avail wrap counter, bits 16-30 next used index, bit 31 used wrap counter, taken
+  /// literally (a front-end's SET_VRING_BASE goes through packed_base_from_front_end() first;
+  /// the data plane's rewind relies on the literal reading). set_vring_base() may
   /// precede configure(); once configured it refuses indices outside the ring. It forgets
   /// buffers in flight and unpublished used descriptors: publish before vring_base(), and
   /// only move the base of a stopped ring.

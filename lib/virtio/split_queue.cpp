@@ -1,11 +1,11 @@
 #include "virtio/split_queue.hpp"
 
 #include <atomic>
-#include <iterator>
-#include <string_view>
+#include <utility>
 
 #include "sys/str.hpp"
 #include "virtio/guest_access.hpp"
+#include "virtio/ring_parts.hpp"
 
 namespace vp::virtio {
 
@@ -30,14 +30,6 @@ constexpr std::size_t kUsedElemSize = 8;
 constexpr uint16_t kAvailFNoInterrupt = 1;  // SPEC: virtio 1.2 §2.7.6 VIRTQ_AVAIL_F_NO_INTERRUPT
 constexpr uint16_t kUsedFNoNotify = 1;      // SPEC: virtio 1.2 §2.7.8 VIRTQ_USED_F_NO_NOTIFY
 
-struct Part {
-  std::string_view name;
-  uint64_t gpa;
-  uint64_t bytes;
-  uint64_t align;
-  std::byte* host = nullptr;
-};
-
 }  // namespace
 
 Result<void> SplitQueue::configure(const GuestMemory& memory, const QueueConfig& config) {
@@ -50,46 +42,13 @@ Result<void> SplitQueue::configure(const GuestMemory& memory, const QueueConfig&
     return fail("invalid-queue-size",
                 str("split queue size ", config.size, " is not a power of 2 in [1, 32768]"));
   }
-  const uint64_t n = config.size;
-  // SPEC: virtio 1.2 §2.7 table: alignment and size of each part.
-  Part parts[] = {
-      {"descriptor table", config.desc_addr, kDescSize * n, 16},
-      {"available ring", config.driver_addr, 6 + 2 * n, 2},
-      {"used ring", config.device_addr, 6 + kUsedElemSize * n, 4},
-  };
-  for (Part& p : parts) {
-    if (p.gpa % p.align != 0) {
-      return fail("ring-misaligned", str("split queue ", p.name, " at guest address ", p.gpa,
-                                         " is not ", p.align, "-byte aligned"));
-    }
-    p.host = memory.translate(p.gpa, p.bytes);
-    if (p.host == nullptr) {
-      return fail("ring-outside-memory", str("split queue ", p.name, " at guest address ", p.gpa,
-                                             " (", p.bytes, " bytes) is not inside guest memory"));
-    }
-    // The host mapping must keep the alignment, because fields are accessed atomically.
-    if (reinterpret_cast<uintptr_t>(p.host) % p.align != 0) {
-      return fail("ring-misaligned", str("split queue ", p.name,
-                                         " is mapped at a host address "
-                                         "that is not ",
-                                         p.align, "-byte aligned"));
-    }
-  }
-  for (std::size_t i = 0; i < std::size(parts); ++i) {
-    for (std::size_t j = i + 1; j < std::size(parts); ++j) {
-      // Both ranges are inside guest memory, so their ends cannot wrap.
-      if (parts[i].gpa < parts[j].gpa + parts[j].bytes &&
-          parts[j].gpa < parts[i].gpa + parts[i].bytes) {
-        return fail("ring-overlap",
-                    str("split queue ", parts[i].name, " overlaps its ", parts[j].name));
-      }
-    }
-  }
+  auto parts = place_ring_parts(memory, config, false, "split queue");
+  if (!parts) return std::unexpected(std::move(parts.error()));
 
   memory_ = &memory;
-  desc_ = parts[0].host;
-  avail_ = parts[1].host;
-  used_ = parts[2].host;
+  desc_ = (*parts)[0];
+  avail_ = (*parts)[1];
+  used_ = (*parts)[2];
   size_ = static_cast<uint16_t>(config.size);
   event_idx_ = (config.features & kFeatureEventIdx) != 0;
   indirect_ = (config.features & kFeatureIndirectDesc) != 0;
@@ -173,7 +132,7 @@ std::optional<Chain> SplitQueue::pop(std::span<iovec> iov) noexcept {
       can_unpop_ = true;
       return builder.finish(ChainHead{head, 1});
     }
-    // STYLE 4: never leak a head; the driver gets it back with nothing written.
+    // Never leak a head: the driver gets it back with nothing written, and it is counted.
     detail::count_fault(counters_, fault);
     --in_flight_;
     write_used(head, 0);

@@ -143,7 +143,7 @@ void run_tx(const std::vector<uint8_t>& packet, const std::vector<uint32_t>& cut
   NetCounters c;
   const ForwardResult r = forward_tx(q, tap.tap.get(), -1, s, scratch(), c);
   FUZZ_CHECK(r.chains == 1);
-  FUZZ_CHECK(ring.used_idx() == 1);  // STYLE 4: the chain came back
+  FUZZ_CHECK(ring.used_idx() == 1);  // never leak a head: the chain came back
 
   std::vector<uint8_t> got(packet.size() + 64);
   const ssize_t n = ::recv(tap.peer.get(), got.data(), got.size(), MSG_DONTWAIT);

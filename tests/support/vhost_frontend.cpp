@@ -362,7 +362,8 @@ Result<void> VhostFrontend::setup_queue(uint32_t index, uint16_t size, bool enab
   if (auto ok = request(Request::kSetVringNum, bytes(vhost::VringState{index, size})); !ok) {
     return ok;
   }
-  if (auto ok = request(Request::kSetVringBase, bytes(vhost::VringState{index, r.base})); !ok) {
+  const uint32_t base = r.layout.packed && options_.avail_half_base ? r.base & 0xffffu : r.base;
+  if (auto ok = request(Request::kSetVringBase, bytes(vhost::VringState{index, base})); !ok) {
     return ok;
   }
   vhost::VringAddr addr;

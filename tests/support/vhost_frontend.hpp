@@ -72,6 +72,9 @@ class VhostFrontend {
     uint32_t buffer_region = 0;
     /// Longest wait for anything.
     std::chrono::milliseconds timeout{5000};
+    /// Packed rings: SET_VRING_BASE carries the available half only (bits 16-31 zero), as
+    /// DPDK virtio-user sends it (0x00008000 for a new ring); otherwise both halves, as QEMU.
+    bool avail_half_base = false;
   };
 
   /// Maps the guest RAM (memfds) and takes `socket` (made non-blocking).

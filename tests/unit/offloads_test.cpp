@@ -5,7 +5,7 @@
 namespace vp::net {
 namespace {
 
-// One row per feature bit (STYLE.md item 7): the DESIGN.md table, bit by bit, with the
+// One row per feature bit: the guest-feature -> TUNSETOFFLOAD mapping, bit by bit, with the
 // prerequisites each bit needs so that it survives close_dependencies().
 struct Row {
   const char* name;

@@ -361,6 +361,62 @@ TEST_F(VhostBackend, get_vring_base_of_packed_ring_carries_both_indices_and_wrap
   EXPECT_TRUE(frontend_->next_used(1).has_value());
 }
 
+TEST_F(VhostBackend, packed_base_with_the_avail_half_only_puts_used_where_avail_is) {
+  // DPDK virtio-user: SET_VRING_BASE 0x00008000 (avail index 0, wrap 1; bits 16-31 zero).
+  VhostFrontend::Options options;
+  options.avail_half_base = true;
+  frontend_.reset();
+  backend_.reset();
+  connect(options);
+  start_session();
+  ASSERT_TRUE(succeeded(frontend_->setup_queue(1, 4)));
+  ASSERT_TRUE(backend_->vring(1).packed());
+  EXPECT_EQ(backend_->vring(1).base(), 0x80008000u);  // used (0, wrap 1), as avail
+  // More than a ring's worth: every used descriptor carries the wrap the driver expects.
+  for (int i = 0; i < 9; ++i) {
+    ASSERT_TRUE(succeeded(frontend_->post_tx(1, text("x"))));
+    auto popped = pop(backend_->vring(1));
+    ASSERT_EQ(popped.size(), 1u);
+    complete(backend_->vring(1), popped[0].head, 0);
+    ASSERT_TRUE(frontend_->next_used(1).has_value()) << "buffer " << i;
+  }
+  auto base = frontend_->get_vring_base(1);
+  ASSERT_TRUE(succeeded(base));
+  // Nine through four entries, two laps and one: avail and used at (1, wrap 1). Both halves
+  // agree, so a reader of bits 0-15 only resumes at the same place.
+  EXPECT_EQ(*base, 0x80018001u);
+
+  // DPDK-style restart from bits 0-15 of that answer (0x8001): used follows avail again.
+  ASSERT_TRUE(succeeded(frontend_->setup_queue(1, 4)));
+  EXPECT_EQ(backend_->vring(1).base(), 0x80018001u);
+  ASSERT_TRUE(succeeded(frontend_->post_tx(1, text("after"))));
+  auto popped = pop(backend_->vring(1));
+  ASSERT_EQ(popped.size(), 1u);
+  EXPECT_EQ(popped[0].readable, "after");
+  complete(backend_->vring(1), popped[0].head, 0);
+  EXPECT_TRUE(frontend_->next_used(1).has_value());
+}
+
+TEST_F(VhostBackend, packed_base_with_both_halves_is_taken_as_sent) {
+  start_session();  // QEMU: SET_VRING_BASE 0x80008000 for a new ring
+  ASSERT_TRUE(succeeded(frontend_->setup_queue(1, 6)));
+  EXPECT_EQ(backend_->vring(1).base(), 0x80008000u);
+  // A used position behind the avail one (two buffers in flight) stays where it was sent.
+  ASSERT_TRUE(
+      succeeded(frontend_->send(Request::kSetVringBase, bytes(vhost::VringState{1, 0x00030005u}))));
+  pump();
+  EXPECT_EQ(backend_->vring(1).base(), 0x00030005u);
+  // Bits 16-31 zero with an avail position of (5, wrap 0): read as used = avail.
+  ASSERT_TRUE(
+      succeeded(frontend_->send(Request::kSetVringBase, bytes(vhost::VringState{1, 0x00000005u}))));
+  pump();
+  EXPECT_EQ(backend_->vring(1).base(), 0x00050005u);
+  // Either half past the ring is refused, the value as sent named.
+  EXPECT_EQ(ack_of(Request::kSetVringBase, bytes(vhost::VringState{1, 0x00000006u})), 1u);
+  EXPECT_EQ(ack_of(Request::kSetVringBase, bytes(vhost::VringState{1, 0x00060001u})), 1u);
+  EXPECT_EQ(backend_->vring(1).base(), 0x00050005u);
+}
+
 // A TX frame read and an RX frame written through the rings the engine configured, with
 // the used-buffer notification on the call fd.
 void exchange_frames(VhostFrontend& frontend, Backend& backend) {

@@ -300,6 +300,30 @@ TEST_F(PackedQueueTest, vring_base_round_trips_and_is_checked_against_the_ring) 
   EXPECT_TRUE(fails_with(q.configure(ram_.memory, driver_.config()), "invalid-vring-base"));
 }
 
+TEST(PackedBaseFromFrontEnd, a_missing_used_half_is_the_avail_half) {
+  EXPECT_EQ(packed_base_from_front_end(0x00008000u), 0x80008000u);  // DPDK virtio-user, new ring
+  EXPECT_EQ(packed_base_from_front_end(0x00000005u), 0x00050005u);  // avail (5, wrap 0)
+  EXPECT_EQ(packed_base_from_front_end(0x00000000u), 0x00000000u);
+  EXPECT_EQ(packed_base_from_front_end(0x80008000u), 0x80008000u);  // QEMU, new ring
+  EXPECT_EQ(packed_base_from_front_end(0x00030005u), 0x00030005u);  // used behind avail
+  EXPECT_EQ(packed_base_from_front_end(0x80000003u), 0x80000003u);  // used (0, wrap 1)
+}
+
+TEST_F(PackedQueueTest, dpdk_base_gives_used_descriptors_the_driver_recognises_past_one_ring) {
+  PackedQueue q;
+  ASSERT_TRUE(q.set_vring_base(packed_base_from_front_end(0x00008000u)));
+  ASSERT_TRUE(succeeded(q.configure(ram_.memory, driver_.config())));
+  EXPECT_TRUE(q.used_wrap_counter());
+  for (uint16_t i = 0; i < 3 * kSize; ++i) {
+    driver_.add({{data(0), 1}}, static_cast<uint16_t>(i % kSize));
+    auto chain = q.pop(iov_);
+    ASSERT_TRUE(chain) << "buffer " << i;
+    ASSERT_TRUE(q.push_used(chain->head, 0));
+    q.publish_used();
+    ASSERT_TRUE(driver_.take_used().has_value()) << "buffer " << i;
+  }
+}
+
 // ---- well-formed buffers -----------------------------------------------------------------
 
 TEST_F(PackedQueueTest, empty_ring_pops_nothing) {
