@@ -20,8 +20,8 @@
 #include "sys/str.hpp"
 #include "unit_expect.hpp"
 
-// The front-end lives in tests/support so integration tests and the benchmark can use it
-// too; until it has a CMake target of its own it is compiled into this test.
+// The front-end lives in tests/support (CMake target vp_vhost_frontend) so that integration
+// tests and the benchmark use the same one.
 #include "support/vhost_frontend.hpp"
 
 // A real front-end (memfd guest RAM, rings laid out by a driver, real vhost-user messages)
