@@ -471,6 +471,12 @@ Result<void> Backend::set_vring_base(uint32_t index, uint32_t num) {
     // names a used position equal to the avail one (see packed_base_from_front_end).
     // GUEST: both indices must name ring entries.
     base = virtio::packed_base_from_front_end(num);
+    if ((num >> 16) == 0 && (num & 0xffff) != 0 && (num & 0xffff) != 0x8000) {
+      // Not a fresh ring: either DPDK resuming, or a full value whose used half really is
+      // (0, wrap 0) with buffers in flight (see packed_base_from_front_end).
+      log::info(name_, ": SET_VRING_BASE ring ", index, " ", hex(num),
+                " has no used half; the used position is taken to be the available one");
+    }
     const uint32_t avail = base & 0x7fff;
     const uint32_t used = (base >> 16) & 0x7fff;
     if (vring.num != 0 && (avail >= vring.num || used >= vring.num)) {

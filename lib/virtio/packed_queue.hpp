@@ -41,11 +41,14 @@ inline constexpr uint16_t kRingEventFlagsDesc = 2;
 // available one. Read literally, 0x00008000 would be used index 0 with wrap 0, a whole ring
 // behind a fresh avail position: the device would write used descriptors with the wrong wrap
 // bits and the driver would never see one. The only full encoding this misreads has its used
-// position at (0, wrap 0) with buffers in flight; a ring stopped by GET_VRING_BASE has none
-// (the data plane holds no buffer between wake-ups), and with none in flight the used position
-// equals the available one, so both readings agree. For the same reason GET_VRING_BASE gives
-// the full encoding: QEMU reads all of it, and a reader of bits 0-15 only (DPDK) finds there
-// the same position as in bits 16-31.
+// position at (0, wrap 0) — an odd number of whole laps — with buffers in flight. vpd never
+// answers GET_VRING_BASE with one (it holds no buffer between wake-ups, so its used position
+// equals its available one), but a QEMU that carries the state of another back-end can send
+// one: the kernel's vhost (e.g. vhost-vdpa) reports a used index behind avail, so a guest
+// moved from such a back-end to vpd with buffers in flight would stall on that ring. The
+// back-end logs that case (a zero used half with a non-zero avail half) so it can be found.
+// GET_VRING_BASE gives the full encoding: QEMU reads all of it, and a reader of bits 0-15
+// only (DPDK) finds there the same position as in bits 16-31.
 constexpr uint32_t packed_base_from_front_end(uint32_t num) noexcept {
   if ((num >> 16) != 0) return num;
   return num | (num << 16);

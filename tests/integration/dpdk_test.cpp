@@ -315,13 +315,8 @@ TEST_P(DpdkVirtioUser, frames_cross_both_ways_for_ten_rings_per_queue) {
   ASSERT_TRUE(testpmd_->wait_output("testpmd> ", 1, kStartTimeout));
 
   // ---- guest -> host ----
-  Fd capture(::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, htons(ETH_P_ALL)));
+  Fd capture = test::packet_socket("vp0", SOCK_NONBLOCK);
   ASSERT_TRUE(capture);
-  sockaddr_ll where{};
-  where.sll_family = AF_PACKET;
-  where.sll_protocol = htons(ETH_P_ALL);
-  where.sll_ifindex = static_cast<int>(::if_nametoindex("vp0"));
-  ASSERT_EQ(::bind(capture.get(), reinterpret_cast<sockaddr*>(&where), sizeof where), 0);
 
   const uint64_t tx_want = uint64_t{kLaps} * kQueueSize * c.queues;
   const uint64_t host_rx_before = link_stat("vp0", LinkStat::kRxPackets);
@@ -364,9 +359,8 @@ TEST_P(DpdkVirtioUser, frames_cross_both_ways_for_ten_rings_per_queue) {
   ASSERT_TRUE(testpmd_->command("start"));
   // Printed by start, before the forwarding cores run.
   ASSERT_TRUE(testpmd_->wait_output("rxonly packet forwarding - ports", 1, kTrafficTimeout));
-  Fd sender(::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL)));
+  Fd sender = test::packet_socket("vp0");
   ASSERT_TRUE(sender);
-  ASSERT_EQ(::bind(sender.get(), reinterpret_cast<sockaddr*>(&where), sizeof where), 0);
   const uint64_t rx_want = uint64_t{kLaps} * kQueueSize * c.queues;
   const uint64_t rx_before = counter("rx_packets");
   const uint64_t tap_read_before = link_stat("vp0", LinkStat::kTxPackets);

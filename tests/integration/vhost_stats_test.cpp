@@ -83,13 +83,8 @@ TEST(VhostSessionView, send_rarp_announces_the_guest_mac_on_the_tap) {
   ASSERT_TRUE((*fe)->negotiate(~virtio::kFeatureRingPacked, ~0ull));
   ASSERT_NE((*fe)->acked_protocol_features() & vhost::bit(vhost::ProtocolFeature::kRarp), 0u);
   // Watch what the kernel receives on vp0.
-  Fd capture(::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL)));
+  Fd capture = test::packet_socket("vp0");
   ASSERT_TRUE(capture);
-  sockaddr_ll where{};
-  where.sll_family = AF_PACKET;
-  where.sll_protocol = htons(ETH_P_ALL);
-  where.sll_ifindex = static_cast<int>(::if_nametoindex("vp0"));
-  ASSERT_EQ(::bind(capture.get(), reinterpret_cast<sockaddr*>(&where), sizeof where), 0);
 
   const uint8_t mac[8] = {0x52, 0x54, 0x00, 0xab, 0xcd, 0xef, 0, 0};
   ASSERT_TRUE((*fe)->request(vhost::Request::kSendRarp,

@@ -1,6 +1,10 @@
 #include "support/harness.hpp"
 
 #include <fcntl.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -142,6 +146,20 @@ std::vector<std::string> addresses_of(const std::string& name) {
     out.push_back(a.value("local", "") + "/" + std::to_string(a.value("prefixlen", 0)));
   }
   return out;
+}
+
+Fd packet_socket(const std::string& ifname, int flags) {
+  Fd fd(::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | flags, htons(ETH_P_ALL)));
+  if (!fd) return fd;
+  sockaddr_ll where{};
+  where.sll_family = AF_PACKET;
+  where.sll_protocol = htons(ETH_P_ALL);
+  where.sll_ifindex = static_cast<int>(::if_nametoindex(ifname.c_str()));
+  if (where.sll_ifindex == 0 ||
+      ::bind(fd.get(), reinterpret_cast<sockaddr*>(&where), sizeof where) != 0) {
+    return Fd();
+  }
+  return fd;
 }
 
 bool sh(const std::string& command) { return std::system(command.c_str()) == 0; }

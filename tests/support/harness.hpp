@@ -37,6 +37,10 @@ nlohmann::json link_json(const std::string& name);
 std::vector<std::string> addresses_of(const std::string& name);
 /// Runs a shell command; true when it exits 0.
 bool sh(const std::string& command);
+/// An AF_PACKET socket bound to interface `ifname` for every protocol (ETH_P_ALL): it sees
+/// every frame the kernel receives on or sends out of it, and sends raw frames out of it.
+/// `flags` are added to SOCK_RAW | SOCK_CLOEXEC (e.g. SOCK_NONBLOCK). Invalid on failure.
+Fd packet_socket(const std::string& ifname, int flags = 0);
 
 /// A temporary directory, removed (recursively) on destruction.
 class TempDir {
