@@ -22,6 +22,13 @@
 //     reads) in flight, resubmitting each as it completes; short and failed completions are
 //     counted. Left out, with the reason printed, where io_uring_queue_init fails
 //     (kernel.io_uring_disabled).
+//   --frontend dpdk: dpdk-testpmd's virtio-user (txonly or rxonly, 64 B and 1514 B: it
+//     negotiates no offloads) drives a second endpoint vp1 (10.98.0.1/24) instead of the test
+//     front-end; vpd's figures come from its own counters (vpctl --json vp1) read where the
+//     measured window opens and closes. In the same run, DPDK's own vhost-user backend as a
+//     peer: testpmd with net_vhost0 and net_tap0 (TAP dpdk0, 10.99.0.1/24) forwarding in io
+//     mode on --vpd-cpu, driven by a second testpmd virtio-user on --frontend-cpu; its
+//     figures are dpdk0's received frames (guest -> host) or the guest testpmd's RX-packets.
 //
 // CPU placement (2 cores): the front-end and the host→guest frame generator run on
 // --frontend-cpu; vpd (all its threads) and the baselines' write()/read() and io_uring
@@ -58,6 +65,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -137,6 +145,7 @@ struct Options {
   bool rx = true;                  // host->guest cases
   std::vector<std::string> sizes;  // empty (all) or some of 64, 1514, gso
   int repeat = 1;
+  bool dpdk = false;  // --frontend dpdk: testpmd virtio-user drives vpd; DPDK net_vhost peer
 };
 
 const char* const kUsage =
@@ -157,6 +166,10 @@ const char* const kUsage =
     "  --direction D      tx (guest->host), rx (host->guest) or both (default)\n"
     "  --sizes LIST       some of 64,1514,gso (default: all)\n"
     "  --repeat N         run every case N times, keep the fastest run (default 1)\n"
+    "  --frontend F       builtin (default: the test front-end) or dpdk: dpdk-testpmd\n"
+    "                     virtio-user drives vpd (64 B and 1514 B only; it negotiates no\n"
+    "                     offloads), and DPDK's own net_vhost backend + net_tap is measured\n"
+    "                     as a peer in the same run\n"
     "  --verbose          print every counter that moved in each case\n";
 
 Options parse_options(int argc, char** argv) {
@@ -211,6 +224,10 @@ Options parse_options(int argc, char** argv) {
       }
     } else if (a == "--repeat") {
       o.repeat = static_cast<int>(number(1, 20));
+    } else if (a == "--frontend") {
+      const std::string f = value();
+      if (f != "builtin" && f != "dpdk") fatal("--frontend takes builtin or dpdk");
+      o.dpdk = f == "dpdk";
     } else {
       fatal(str("unknown option ", a, "\n", kUsage));
     }
@@ -534,6 +551,181 @@ class VpdProcess {
   const Options& options_;
   std::string dir_;
   pid_t pid_ = -1;
+};
+
+// --- dpdk-testpmd ---------------------------------------------------------------------------
+
+std::string find_in_path(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  std::istringstream dirs(path != nullptr ? path : "/usr/sbin:/usr/bin:/sbin:/bin");
+  for (std::string dir; std::getline(dirs, dir, ':');) {
+    const std::string candidate = dir + "/" + name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
+/// One dpdk-testpmd in interactive mode on one core, its commands written to its stdin, its
+/// output (unbuffered by stdbuf -o0: testpmd prints with stdio) in a file. Without hugepages
+/// (--no-huge -m 512), no PCI scan, its own --file-prefix. Killed, and its EAL runtime
+/// directory removed, when it goes out of scope.
+class Testpmd {
+ public:
+  Testpmd() = default;
+  Testpmd(const Testpmd&) = delete;
+  Testpmd& operator=(const Testpmd&) = delete;
+  ~Testpmd() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    if (!prefix_.empty()) {
+      std::error_code ignored;
+      std::filesystem::remove_all("/var/run/dpdk/" + prefix_, ignored);
+    }
+  }
+
+  pid_t pid() const { return pid_; }
+
+  /// Starts it with `vdevs` and testpmd's own `args`, all its threads on `cpu`, and waits for
+  /// its prompt.
+  void start(int cpu, const std::vector<std::string>& vdevs, const std::vector<std::string>& args,
+             const std::string& log_path) {
+    const std::string binary = find_in_path("dpdk-testpmd");
+    if (binary.empty())
+      fatal("dpdk-testpmd is not installed (Debian 12: apt-get install dpdk-dev)");
+    const std::string stdbuf = find_in_path("stdbuf");
+    if (stdbuf.empty()) fatal("stdbuf (coreutils) is not installed");
+    static int runs = 0;
+    prefix_ = str("vpd-bench-", ::getpid(), "-", ++runs);
+    log_path_ = log_path;
+    // testpmd wants a forwarding lcore besides its main one ("-l N" alone: "No cores defined
+    // for forwarding"): two lcores, both on the one cpu. The main lcore only reads stdin.
+    std::vector<std::string> argv = {stdbuf,
+                                     "-o0",
+                                     binary,
+                                     "--lcores",
+                                     str("0@", cpu, ",1@", cpu),
+                                     "--no-huge",
+                                     "-m",
+                                     "512",
+                                     "--no-pci",
+                                     "--single-file-segments",
+                                     "--file-prefix=" + prefix_};
+    for (const auto& v : vdevs) argv.insert(argv.end(), {"--vdev", v});
+    argv.insert(argv.end(), {"--", "-i", "--burst=32", "--total-num-mbufs=16384"});
+    argv.insert(argv.end(), args.begin(), args.end());
+    // The previous run's output (same path) must not answer the wait for the prompt below.
+    ::unlink(log_path.c_str());
+    int in[2];
+    if (::pipe2(in, O_CLOEXEC) != 0) fatal_errno("pipe2");
+    const pid_t parent = ::getpid();
+    const pid_t pid = ::fork();
+    if (pid < 0) fatal_errno("fork testpmd");
+    if (pid == 0) {
+      if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent) ::_exit(126);
+      const int out = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (out < 0 || ::dup2(in[0], 0) < 0 || ::dup2(out, 1) < 0 || ::dup2(out, 2) < 0) {
+        ::_exit(126);
+      }
+      std::vector<char*> a;
+      for (auto& x : argv) a.push_back(x.data());
+      a.push_back(nullptr);
+      ::execv(a[0], a.data());
+      ::_exit(127);
+    }
+    ::close(in[0]);
+    stdin_ = Fd(in[1]);
+    pid_ = pid;
+    // EAL start-up alone can take seconds on a busy machine.
+    if (!wait_output("testpmd> ", 1, std::chrono::seconds(30))) {
+      fatal(str("dpdk-testpmd gave no prompt within 30 s:\n", log()));
+    }
+  }
+
+  void command(const std::string& line) {
+    const std::string text = line + "\n";
+    if (::write(stdin_.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+      fatal(str("dpdk-testpmd exited:\n", log()));
+    }
+  }
+
+  std::string log() const {
+    std::ifstream f(log_path_);
+    std::stringstream s;
+    s << f.rdbuf();
+    return s.str();
+  }
+
+  static size_t count(const std::string& text, const std::string& needle) {
+    size_t n = 0;
+    for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) {
+      ++n;
+    }
+    return n;
+  }
+
+  bool wait_output(const std::string& needle, size_t n, std::chrono::milliseconds timeout) {
+    const auto deadline = Clock::now() + timeout;
+    while (count(log(), needle) < n) {
+      if (Clock::now() >= deadline) return false;
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        fatal(str("dpdk-testpmd exited:\n", log()));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return true;
+  }
+
+  /// RX-packets and TX-packets of `port` (show port stats).
+  std::pair<uint64_t, uint64_t> port_packets(int port) {
+    const std::string head = str("NIC statistics for port ", port);
+    const size_t before = count(log(), head);
+    command(str("show port stats ", port));
+    if (!wait_output(head, before + 1, std::chrono::seconds(10))) {
+      fatal(str("dpdk-testpmd printed no port stats:\n", log()));
+    }
+    // The statistics block follows its head; wait for its TX line too.
+    for (int i = 0; i < 2000; ++i) {
+      const std::string text = log();
+      const size_t at = text.rfind(head);
+      const size_t rx = text.find("RX-packets:", at), tx = text.find("TX-packets:", at);
+      if (rx != std::string::npos && tx != std::string::npos &&
+          text.find('\n', tx) != std::string::npos) {
+        return {std::strtoull(text.c_str() + rx + 11, nullptr, 10),
+                std::strtoull(text.c_str() + tx + 11, nullptr, 10)};
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    fatal(str("dpdk-testpmd's port stats were cut short:\n", log()));
+  }
+
+  /// quit, then SIGKILL if it has not exited within 5 s.
+  void quit() {
+    if (pid_ <= 0) return;
+    const std::string text = "stop\nquit\n";
+    (void)!::write(stdin_.get(), text.data(), text.size());
+    stdin_.reset();
+    const auto deadline = Clock::now() + std::chrono::seconds(5);
+    int status = 0;
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (Clock::now() > deadline) {
+        ::kill(pid_, SIGKILL);
+        ::waitpid(pid_, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    pid_ = -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  Fd stdin_;
+  std::string prefix_;
+  std::string log_path_;
 };
 
 std::map<std::string, uint64_t> operator-(std::map<std::string, uint64_t> a,
@@ -861,6 +1053,7 @@ struct Case {
   const Size* size = nullptr;
   Figures vpd, base;
   Figures uring;         // measured only when io_uring is usable
+  Figures peer;          // --frontend dpdk: DPDK's net_vhost backend instead of vpd
   uint64_t too_big = 0;  // vpd's rx_dropped_too_big, summed over every run
   const char* direction() const { return rx ? "host->guest" : "guest->host"; }
   static double ratio(const Figures& v, const Figures& b) { return b.fps > 0 ? v.fps / b.fps : 0; }
@@ -973,6 +1166,10 @@ class Bench {
   Figures uring_tx(const Pool& pool);
   Figures uring_rx(const Size& size);
   std::unique_ptr<Generator> generator(const Size& size, bool vpd_side);
+  std::unique_ptr<Generator> generator(const Size& size, int ifindex, const net::Mac& tap_mac,
+                                       uint8_t net);
+  Figures dpdk_vpd(const Size& size, bool rx);
+  Figures dpdk_peer(const Size& size, bool rx);
   void drain_tx();
   void check_tx(Figures& r, const std::string& ifname, bool vpd_side);
   void print(const std::vector<Case>& cases);
@@ -984,6 +1181,8 @@ class Bench {
   net::Tap base_;
   net::Mac vp0_mac_, base_mac_, guest_mac_;
   int vp0_ifindex_ = 0, base_ifindex_ = 0;
+  net::Mac vp1_mac_;  // --frontend dpdk: the endpoint testpmd drives
+  int vp1_ifindex_ = 0;
   uint64_t acked_ = 0;
   std::string offloads_;
   std::string uring_unusable_;  // why io_uring cannot be used here, or ""
@@ -1050,6 +1249,21 @@ void Bench::setup() {
   guest_mac_ = guest ? *guest : net::Mac{{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}};
   must({"ip", "neigh", "replace", "10.97.0.2", "lladdr", guest_mac_.to_string(), "dev", "vp0",
         "nud", "permanent"});
+
+  if (o_.dpdk) {
+    // vp1: the endpoint dpdk-testpmd's virtio-user drives, set up as vp0 on 10.98.x.
+    if (Output c = vpd_.ctl({"vp1", "create", "address=10.98.0.1/24", "up"}); c.status != 0) {
+      fatal(str("vpctl vp1 create: ", c.out));
+    }
+    must({"ip", "route", "add", "blackhole", "10.98.1.0/24"});
+    must({"ip", "route", "add", "blackhole", "10.99.1.0/24"});  // DPDK's net_tap peer
+    auto vp1 = nl->find_link("vp1");
+    if (!vp1 || !*vp1) fatal("no vp1");
+    vp1_mac_ = (*vp1)->mac;
+    vp1_ifindex_ = (*vp1)->ifindex;
+    must({"ip", "neigh", "replace", "10.98.0.2", "lladdr", guest_mac_.to_string(), "dev", "vp1",
+          "nud", "permanent"});
+  }
 
   // The baseline TAP, opened and configured as vpd configures vp0 for this guest.
   auto tap = net::Tap::open("bench0");
@@ -1167,13 +1381,168 @@ void Bench::check_tx(Figures& r, const std::string& ifname, bool vpd_side) {
 }
 
 std::unique_ptr<Generator> Bench::generator(const Size& size, bool vpd_side) {
-  const uint8_t net = vpd_side ? 97 : 96;
+  return vpd_side ? generator(size, vp0_ifindex_, vp0_mac_, 97)
+                  : generator(size, base_ifindex_, base_mac_, 96);
+}
+
+std::unique_ptr<Generator> Bench::generator(const Size& size, int ifindex, const net::Mac& tap_mac,
+                                            uint8_t net) {
   if (size.gso) return std::make_unique<UdpGsoGenerator>(ipv4(10, net, 0, 2));
-  const net::Mac& tap_mac = vpd_side ? vp0_mac_ : base_mac_;
   auto frame = make_frame(size, tap_mac, guest_mac_, ipv4(10, net, 0, 1), ipv4(10, net, 0, 2));
   frame.erase(frame.begin(), frame.begin() + kHdr);  // AF_PACKET sends the bare frame
-  return std::make_unique<PacketGenerator>(vpd_side ? vp0_ifindex_ : base_ifindex_,
-                                           std::move(frame), guest_mac_);
+  return std::make_unique<PacketGenerator>(ifindex, std::move(frame), guest_mac_);
+}
+
+/// Sends bursts from its own thread on `cpu` until it goes out of scope (the testpmd cases,
+/// whose counters this thread reads meanwhile).
+class GeneratorThread {
+ public:
+  GeneratorThread(std::unique_ptr<Generator> gen, int cpu) : gen_(std::move(gen)) {
+    thread_ = std::thread([this, cpu] {
+      pin_to(cpu);
+      while (!stop_.load(std::memory_order_relaxed)) gen_->burst();
+    });
+  }
+  ~GeneratorThread() {
+    stop_ = true;
+    thread_.join();
+  }
+  GeneratorThread(const GeneratorThread&) = delete;
+  GeneratorThread& operator=(const GeneratorThread&) = delete;
+
+ private:
+  std::unique_ptr<Generator> gen_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+/// Runs `w` to its end with `totals` (frames, bytes) read only where it opens and closes:
+/// for counters that take milliseconds to read (vpctl, testpmd's prompt). Each reading is
+/// dated at the middle of the time it took.
+void run_window(Window& w, const std::function<std::pair<uint64_t, uint64_t>()>& totals) {
+  auto at = [&] {
+    const auto a = Clock::now();
+    const auto [frames, bytes] = totals();
+    w.tick(a + (Clock::now() - a) / 2, frames, bytes);
+  };
+  std::this_thread::sleep_until(w.t0);
+  at();
+  std::this_thread::sleep_until(w.t1);
+  at();
+}
+
+Figures Bench::dpdk_vpd(const Size& size, bool rx) {
+  Testpmd t;
+  const std::string vdev = str("net_virtio_user0,path=", vpd_.runtime_dir(), "/vp1.sock",
+                               ",queue_size=", o_.ring, ",mac=", guest_mac_.to_string());
+  t.start(o_.frontend_cpu, {vdev},
+          {rx ? "--forward-mode=rxonly" : "--forward-mode=txonly", str("--txpkts=", size.frame),
+           str("--eth-peer=0,", vp1_mac_.to_string()), "--tx-ip=10.98.0.2,10.98.1.1"},
+          vpd_.dir() + "/testpmd-vpd.log");
+  Json st;
+  for (int i = 0; i < 500; ++i) {
+    st = vpd_.status("vp1");
+    if (st.value("carrier", false)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (!st.value("carrier", false)) fatal(str("vp1 has no carrier with testpmd:\n", t.log()));
+  t.command("start");
+  const auto c0 = vpd_.counters("vp1");
+  const LinkStats l0 = link_stats("vp1");
+  const auto ip0 = ip_stats();
+  Window w(o_, vpd_.pid(), -1);
+  w.frontend_core_used = false;  // testpmd polls there: only the measured core is checked
+  {
+    std::unique_ptr<GeneratorThread> gen;
+    if (rx) {
+      gen = std::make_unique<GeneratorThread>(generator(size, vp1_ifindex_, vp1_mac_, 98),
+                                              o_.frontend_cpu);
+    }
+    run_window(w, [&] {
+      auto c = vpd_.counters("vp1");
+      return rx ? std::pair{c["rx_packets"], c["rx_bytes"]}
+                : std::pair{c["tx_packets"], c["tx_bytes"]};
+    });
+  }
+  t.command("stop");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // vpd publishes its counters
+  Figures r = finish(w);
+  r.vpd = vpd_.counters("vp1") - c0;
+  r.link = link_stats("vp1") - l0;
+  r.ip = ip_stats() - ip0;
+  t.quit();
+  if (!rx) {
+    r.phase_frames = r.vpd["tx_packets"];
+    check_tx(r, "vp1", true);
+  } else {
+    r.phase_frames = r.vpd["rx_packets"];
+    for (const auto& [k, v] : r.vpd) {
+      if (v != 0 && (k.starts_with("rx_dropped") || k == "rx_malformed_chain" ||
+                     k == "rx_buffers_returned_empty" || k == "tap_read_fails")) {
+        r.warnings.push_back(str("vpd ", k, " = ", v));
+      }
+    }
+  }
+  return r;
+}
+
+Figures Bench::dpdk_peer(const Size& size, bool rx) {
+  // DPDK's own vhost-user backend forwarding (io mode) between its vhost port (0) and a TAP
+  // of its own (port 1), on the measured core, as vpd runs there.
+  const std::string sock = vpd_.dir() + "/dpdk-vhost.sock";
+  Testpmd backend;
+  backend.start(o_.vpd_cpu, {str("net_vhost0,iface=", sock, ",queues=1"), "net_tap0,iface=dpdk0"},
+                {"--forward-mode=io"}, vpd_.dir() + "/testpmd-vhost.log");
+  must({"ip", "link", "set", "dpdk0", "up"});
+  must({"ip", "addr", "replace", "10.99.0.1/24", "dev", "dpdk0"});
+  must({"ip", "neigh", "replace", "10.99.0.2", "lladdr", guest_mac_.to_string(), "dev", "dpdk0",
+        "nud", "permanent"});
+  auto nl = net::Netlink::open();
+  if (!nl) fatal(nl.error().message);
+  auto tap = nl->find_link("dpdk0");
+  if (!tap || !*tap) fatal(str("DPDK's net_tap made no dpdk0:\n", backend.log()));
+  const net::Mac tap_mac = (*tap)->mac;
+  const int tap_ifindex = (*tap)->ifindex;
+  backend.command("start");
+
+  Testpmd guest;
+  guest.start(o_.frontend_cpu,
+              {str("net_virtio_user0,path=", sock, ",queue_size=", o_.ring,
+                   ",mac=", guest_mac_.to_string())},
+              {rx ? "--forward-mode=rxonly" : "--forward-mode=txonly", str("--txpkts=", size.frame),
+               str("--eth-peer=0,", tap_mac.to_string()), "--tx-ip=10.99.0.2,10.99.1.1"},
+              vpd_.dir() + "/testpmd-guest.log");
+  guest.command("start");
+  const LinkStats l0 = link_stats("dpdk0");
+  const auto ip0 = ip_stats();
+  Window w(o_, backend.pid(), -1);
+  w.frontend_core_used = false;  // testpmd polls there: only the measured core is checked
+  {
+    std::unique_ptr<GeneratorThread> gen;
+    if (rx) {
+      gen = std::make_unique<GeneratorThread>(generator(size, tap_ifindex, tap_mac, 99),
+                                              o_.frontend_cpu);
+    }
+    run_window(w, [&]() -> std::pair<uint64_t, uint64_t> {
+      // Guest->host: what DPDK wrote into its TAP; host->guest: what the guest received.
+      const uint64_t n = rx ? guest.port_packets(0).first : link_stats("dpdk0").rx_packets;
+      return {n, n * size.frame};
+    });
+  }
+  guest.command("stop");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  Figures r = finish(w);
+  r.link = link_stats("dpdk0") - l0;
+  r.ip = ip_stats() - ip0;
+  if (!rx) {
+    r.phase_frames = r.link.rx_packets;
+    check_tx(r, "dpdk0", false);
+  } else {
+    r.phase_frames = r.frames;
+  }
+  guest.quit();
+  backend.quit();
+  return r;
 }
 
 Figures Bench::vpd_rx(const Size& size) {
@@ -1562,6 +1931,7 @@ void Bench::print(const std::vector<Case>& cases) {
   if (uring) {
     std::printf(" | %12s %9s %7s %9s", "uring frames/s", "Gbit/s", "ratio", "CPU ratio");
   }
+  if (o_.dpdk) std::printf(" | %12s %9s %7s %9s", "DPDK frames/s", "Gbit/s", "ratio", "CPU ratio");
   std::printf("\n");
   for (const Case& c : cases) {
     std::printf("%-13s %-10s %12s %9.2f | %12s %9.2f %7.2f %9.2f", c.direction(), c.size->name,
@@ -1571,6 +1941,10 @@ void Bench::print(const std::vector<Case>& cases) {
       std::printf(" | %12s %9.2f %7.2f %9.2f", rate(c.uring.fps).c_str(), c.uring.gbps,
                   Case::ratio(c.vpd, c.uring), Case::cpu_ratio(c.vpd, c.uring));
     }
+    if (o_.dpdk) {
+      std::printf(" | %12s %9.2f %7.2f %9.2f", rate(c.peer.fps).c_str(), c.peer.gbps,
+                  Case::ratio(c.vpd, c.peer), Case::cpu_ratio(c.vpd, c.peer));
+    }
     std::printf("\n");
   }
   std::printf(
@@ -1579,6 +1953,11 @@ void Bench::print(const std::vector<Case>& cases) {
       " baseline's. CPU ratio: the baseline's CPU time per frame / vpd's, the fairer figure where\n"
       " the generator, not the reader, set the pace.)\n",
       Uring::kDepth);
+  if (o_.dpdk) {
+    std::printf(
+        "(DPDK: DPDK's net_vhost backend forwarding to its net_tap on vpd's core; ratio: vpd /\n"
+        " DPDK. vpd: driven by dpdk-testpmd's virtio-user instead of the test front-end.)\n");
+  }
 
   std::printf(
       "\nWhere the time goes (measured window; CPU = busy share of one core: vpd's whole "
@@ -1605,6 +1984,7 @@ void Bench::print(const std::vector<Case>& cases) {
     diag(c, c.vpd, "vpd");
     diag(c, c.base, "loop");
     if (uring) diag(c, c.uring, "uring");
+    if (o_.dpdk) diag(c, c.peer, "dpdk");
   }
   std::printf(
       "(us/frame: CPU time per frame. wakeups: voluntary context switches per frame. kicks, irqs,\n"
@@ -1614,12 +1994,12 @@ void Bench::print(const std::vector<Case>& cases) {
       "two.)\n");
 
   auto side = [](const Case& c, const Figures* r) {
-    return r == &c.vpd ? "vpd" : r == &c.base ? "loop" : "uring";
+    return r == &c.vpd ? "vpd" : r == &c.base ? "loop" : r == &c.uring ? "uring" : "dpdk";
   };
   bool warned = false;
   for (const Case& c : cases) {
-    for (const Figures* r : {&c.vpd, &c.base, &c.uring}) {
-      if (r == &c.uring && !uring) continue;
+    for (const Figures* r : {&c.vpd, &c.base, &c.uring, &c.peer}) {
+      if ((r == &c.uring && !uring) || (r == &c.peer && !o_.dpdk)) continue;
       for (const auto& w : r->warnings) {
         if (!warned) std::printf("\nWarnings:\n");
         warned = true;
@@ -1630,8 +2010,8 @@ void Bench::print(const std::vector<Case>& cases) {
   if (!warned) std::printf("\nChecks passed: no drops, every frame accounted for on both sides.\n");
   if (o_.verbose) {
     for (const Case& c : cases) {
-      for (const Figures* r : {&c.vpd, &c.base, &c.uring}) {
-        if (r == &c.uring && !uring) continue;
+      for (const Figures* r : {&c.vpd, &c.base, &c.uring, &c.peer}) {
+        if ((r == &c.uring && !uring) || (r == &c.peer && !o_.dpdk)) continue;
         std::printf("\n%s %s %s: %" PRIu64 " frames in %.3f s; whole case: %" PRIu64
                     " frames; TAP rx %" PRIu64 " (dropped %" PRIu64 ") tx %" PRIu64
                     " (dropped %" PRIu64 "); %" PRIu64 "+%" PRIu64 " context switches\n",
@@ -1682,6 +2062,10 @@ void Bench::print_targets(const std::vector<Case>& cases) {
       line(c, str("vpd / read() loop, frames/s; too_big ", c.too_big), 0.9, c.ratio(),
            c.ratio() >= 0.9 && c.too_big == 0);
     }
+    if (o_.dpdk && c.size->frame == 64) {
+      const double r = Case::ratio(c.vpd, c.peer);
+      line(c, "vpd / DPDK net_vhost, frames/s", 1.1, r, r >= 1.1);
+    }
   }
 }
 
@@ -1693,6 +2077,13 @@ void Bench::run_all() {
       kRxBufferSize);
   std::printf("guest acked %s; TAP offloads %s\n",
               net::feature_names(acked_ & net::kOffloadsSupported).c_str(), offloads_.c_str());
+  if (o_.dpdk) {
+    std::printf(
+        "front-end: dpdk-testpmd virtio-user (txonly / rxonly) on cpu %d driving vp1; vpd's "
+        "figures from its counters. Peer: dpdk-testpmd net_vhost + net_tap (io) on cpu %d, "
+        "driven by a second testpmd virtio-user. 64 KB GSO left out (no offloads).\n",
+        o_.frontend_cpu, o_.vpd_cpu);
+  }
   if (uring_unusable_.empty()) {
     std::printf("io_uring baseline: %u operations in flight, registered file\n", Uring::kDepth);
   } else {
@@ -1706,20 +2097,23 @@ void Bench::run_all() {
     if ((rx && !o_.rx) || (!rx && !o_.tx)) continue;
     for (const Size& s : kSizes) {
       if (!o_.sizes.empty() && std::ranges::find(o_.sizes, s.key) == o_.sizes.end()) continue;
-      Case c{rx, &s, {}, {}, {}, 0};
+      if (o_.dpdk && s.gso) continue;  // testpmd's virtio-user negotiates no offloads
+      Case c{rx, &s, {}, {}, {}, {}, 0};
       if (!rx) {
         auto frame = make_frame(s, guest_mac_, vp0_mac_, ipv4(10, 97, 0, 2), ipv4(10, 97, 1, 1));
         const Pool vpd_pool = make_pool(*fe_, frame, o_.ring);
         frame = make_frame(s, guest_mac_, base_mac_, ipv4(10, 96, 0, 2), ipv4(10, 96, 1, 1));
         const Pool base_pool = make_pool(*fe_, frame, o_.ring);
         for (int k = 0; k < o_.repeat; ++k) {
-          keep_best(c.vpd, vpd_tx(vpd_pool), k);
+          keep_best(c.vpd, o_.dpdk ? dpdk_vpd(s, false) : vpd_tx(vpd_pool), k);
+          if (o_.dpdk) keep_best(c.peer, dpdk_peer(s, false), k);
           keep_best(c.base, base_tx(base_pool), k);
           if (uring_unusable_.empty()) keep_best(c.uring, uring_tx(base_pool), k);
         }
       } else {
         for (int k = 0; k < o_.repeat; ++k) {
-          Figures v = vpd_rx(s);
+          Figures v = o_.dpdk ? dpdk_vpd(s, true) : vpd_rx(s);
+          if (o_.dpdk) keep_best(c.peer, dpdk_peer(s, true), k);
           c.too_big += get(v.vpd, "rx_dropped_too_big");
           keep_best(c.vpd, std::move(v), k);
           keep_best(c.base, base_rx(s), k);
@@ -1729,6 +2123,7 @@ void Bench::run_all() {
       std::printf("  %s %-10s vpd %s/s, %s loop %s/s", c.direction(), s.name,
                   rate(c.vpd.fps).c_str(), rx ? "read()" : "write()", rate(c.base.fps).c_str());
       if (uring_unusable_.empty()) std::printf(", io_uring %s/s", rate(c.uring.fps).c_str());
+      if (o_.dpdk) std::printf(", DPDK net_vhost %s/s", rate(c.peer.fps).c_str());
       std::printf("\n");
       std::fflush(stdout);
       cases.push_back(std::move(c));
