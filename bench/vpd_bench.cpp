@@ -156,7 +156,8 @@ const char* const kUsage =
     "TAP write()/read() loop and a 32-deep io_uring loop as the baselines, inside a private\n"
     "network namespace.\n"
     "\n"
-    "  --seconds N        measured time per case (default 2; plus a 0.25 s warm-up)\n"
+    "  --seconds N        measured time per case (default 2; plus a 0.25 s warm-up);\n"
+    "                     --duration N says the same\n"
     "  --ring N           virtqueue size (default 256, QEMU's default)\n"
     "  --frontend-cpu N   core of the front-end and the frame generator (default 0)\n"
     "  --vpd-cpu N        core of vpd and of the baseline loop (default 1)\n"
@@ -193,7 +194,7 @@ Options parse_options(int argc, char** argv) {
     if (a == "--help" || a == "-h") {
       std::fputs(kUsage, stdout);
       std::exit(0);
-    } else if (a == "--seconds") {
+    } else if (a == "--seconds" || a == "--duration") {
       o.seconds = number(0.1, 60);
     } else if (a == "--ring") {
       const double r = number(64, 1024);
