@@ -18,10 +18,22 @@
 //     UDP_SEGMENT (one UDP GSO skb per send: AF_PACKET GSO skbs are SKB_GSO_DODGY, which tun
 //     does not accept unsegmented). vpd: the front-end keeps RX buffers posted (MRG_RXBUF) and
 //     counts frames. Baseline: read() in a loop (poll() when the TAP is empty).
+//   A second baseline on bench0 in both directions: one thread keeps 32 io_uring writes (or
+//     reads) in flight, resubmitting each as it completes; short and failed completions are
+//     counted. Left out, with the reason printed, where io_uring_queue_init fails
+//     (kernel.io_uring_disabled).
+//   --frontend dpdk: dpdk-testpmd's virtio-user (txonly or rxonly, 64 B and 1514 B: it
+//     negotiates no offloads) drives a second endpoint vp1 (10.98.0.1/24) instead of the test
+//     front-end; vpd's figures come from its own counters (vpctl --json vp1) read where the
+//     measured window opens and closes. In the same run, DPDK's own vhost-user backend as a
+//     peer: testpmd with net_vhost0 and net_tap0 (TAP dpdk0, 10.99.0.1/24) forwarding in io
+//     mode on --vpd-cpu, driven by a second testpmd virtio-user on --frontend-cpu; its
+//     figures are dpdk0's received frames (guest -> host) or the guest testpmd's RX-packets.
 //
 // CPU placement (2 cores): the front-end and the host→guest frame generator run on
-// --frontend-cpu; vpd (all its threads) and the baseline's write()/read() loop run on
-// --vpd-cpu. Each measured side therefore has one core of its own.
+// --frontend-cpu; vpd (all its threads) and the baselines' write()/read() and io_uring
+// loops (with io_uring's workers) run on --vpd-cpu. Each measured side therefore has one
+// core of its own.
 //
 // Figures are Ethernet frames (virtio header not counted, no preamble/FCS) per second and
 // Ethernet bits per second. Nothing asserts on timing; sanity checks print warnings.
@@ -41,6 +53,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <liburing.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -51,6 +65,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -130,6 +145,7 @@ struct Options {
   bool rx = true;                  // host->guest cases
   std::vector<std::string> sizes;  // empty (all) or some of 64, 1514, gso
   int repeat = 1;
+  bool dpdk = false;  // --frontend dpdk: testpmd virtio-user drives vpd; DPDK net_vhost peer
 };
 
 const char* const kUsage =
@@ -137,9 +153,11 @@ const char* const kUsage =
     "\n"
     "Measures guest->host and host->guest frames/s and Gbit/s through a real vpd (vhost-user,\n"
     "split rings, EVENT_IDX, MRG_RXBUF, offloads) at 64 B, 1514 B and 64 KB GSO, and a plain\n"
-    "TAP write()/read() loop as the baseline, inside a private network namespace.\n"
+    "TAP write()/read() loop and a 32-deep io_uring loop as the baselines, inside a private\n"
+    "network namespace.\n"
     "\n"
-    "  --seconds N        measured time per case (default 2; plus a 0.25 s warm-up)\n"
+    "  --seconds N        measured time per case (default 2; plus a 0.25 s warm-up);\n"
+    "                     --duration N says the same\n"
     "  --ring N           virtqueue size (default 256, QEMU's default)\n"
     "  --frontend-cpu N   core of the front-end and the frame generator (default 0)\n"
     "  --vpd-cpu N        core of vpd and of the baseline loop (default 1)\n"
@@ -149,6 +167,10 @@ const char* const kUsage =
     "  --direction D      tx (guest->host), rx (host->guest) or both (default)\n"
     "  --sizes LIST       some of 64,1514,gso (default: all)\n"
     "  --repeat N         run every case N times, keep the fastest run (default 1)\n"
+    "  --frontend F       builtin (default: the test front-end) or dpdk: dpdk-testpmd\n"
+    "                     virtio-user drives vpd (64 B and 1514 B only; it negotiates no\n"
+    "                     offloads), and DPDK's own net_vhost backend + net_tap is measured\n"
+    "                     as a peer in the same run\n"
     "  --verbose          print every counter that moved in each case\n";
 
 Options parse_options(int argc, char** argv) {
@@ -172,7 +194,7 @@ Options parse_options(int argc, char** argv) {
     if (a == "--help" || a == "-h") {
       std::fputs(kUsage, stdout);
       std::exit(0);
-    } else if (a == "--seconds") {
+    } else if (a == "--seconds" || a == "--duration") {
       o.seconds = number(0.1, 60);
     } else if (a == "--ring") {
       const double r = number(64, 1024);
@@ -203,6 +225,10 @@ Options parse_options(int argc, char** argv) {
       }
     } else if (a == "--repeat") {
       o.repeat = static_cast<int>(number(1, 20));
+    } else if (a == "--frontend") {
+      const std::string f = value();
+      if (f != "builtin" && f != "dpdk") fatal("--frontend takes builtin or dpdk");
+      o.dpdk = f == "dpdk";
     } else {
       fatal(str("unknown option ", a, "\n", kUsage));
     }
@@ -353,6 +379,19 @@ CpuSample sample_process(pid_t pid) {
 CpuSample sample_task(pid_t tid) {
   CpuSample s;
   add_task(str("/proc/self/task/", tid), s);
+  return s;
+}
+
+/// One task of this process plus every io_uring worker thread ("iou-wrk-*") of it: the work
+/// io_uring punts to its workers is part of what the io_uring loop costs.
+CpuSample sample_task_and_io_workers(pid_t tid) {
+  CpuSample s = sample_task(tid);
+  std::error_code ec;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task", ec)) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    if (std::getline(comm, name) && name.starts_with("iou-wrk")) add_task(task.path().string(), s);
+  }
   return s;
 }
 
@@ -513,6 +552,181 @@ class VpdProcess {
   const Options& options_;
   std::string dir_;
   pid_t pid_ = -1;
+};
+
+// --- dpdk-testpmd ---------------------------------------------------------------------------
+
+std::string find_in_path(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  std::istringstream dirs(path != nullptr ? path : "/usr/sbin:/usr/bin:/sbin:/bin");
+  for (std::string dir; std::getline(dirs, dir, ':');) {
+    const std::string candidate = dir + "/" + name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
+/// One dpdk-testpmd in interactive mode on one core, its commands written to its stdin, its
+/// output (unbuffered by stdbuf -o0: testpmd prints with stdio) in a file. Without hugepages
+/// (--no-huge -m 512), no PCI scan, its own --file-prefix. Killed, and its EAL runtime
+/// directory removed, when it goes out of scope.
+class Testpmd {
+ public:
+  Testpmd() = default;
+  Testpmd(const Testpmd&) = delete;
+  Testpmd& operator=(const Testpmd&) = delete;
+  ~Testpmd() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    if (!prefix_.empty()) {
+      std::error_code ignored;
+      std::filesystem::remove_all("/var/run/dpdk/" + prefix_, ignored);
+    }
+  }
+
+  pid_t pid() const { return pid_; }
+
+  /// Starts it with `vdevs` and testpmd's own `args`, all its threads on `cpu`, and waits for
+  /// its prompt.
+  void start(int cpu, const std::vector<std::string>& vdevs, const std::vector<std::string>& args,
+             const std::string& log_path) {
+    const std::string binary = find_in_path("dpdk-testpmd");
+    if (binary.empty())
+      fatal("dpdk-testpmd is not installed (Debian 12: apt-get install dpdk-dev)");
+    const std::string stdbuf = find_in_path("stdbuf");
+    if (stdbuf.empty()) fatal("stdbuf (coreutils) is not installed");
+    static int runs = 0;
+    prefix_ = str("vpd-bench-", ::getpid(), "-", ++runs);
+    log_path_ = log_path;
+    // testpmd wants a forwarding lcore besides its main one ("-l N" alone: "No cores defined
+    // for forwarding"): two lcores, both on the one cpu. The main lcore only reads stdin.
+    std::vector<std::string> argv = {stdbuf,
+                                     "-o0",
+                                     binary,
+                                     "--lcores",
+                                     str("0@", cpu, ",1@", cpu),
+                                     "--no-huge",
+                                     "-m",
+                                     "512",
+                                     "--no-pci",
+                                     "--single-file-segments",
+                                     "--file-prefix=" + prefix_};
+    for (const auto& v : vdevs) argv.insert(argv.end(), {"--vdev", v});
+    argv.insert(argv.end(), {"--", "-i", "--burst=32", "--total-num-mbufs=16384"});
+    argv.insert(argv.end(), args.begin(), args.end());
+    // The previous run's output (same path) must not answer the wait for the prompt below.
+    ::unlink(log_path.c_str());
+    int in[2];
+    if (::pipe2(in, O_CLOEXEC) != 0) fatal_errno("pipe2");
+    const pid_t parent = ::getpid();
+    const pid_t pid = ::fork();
+    if (pid < 0) fatal_errno("fork testpmd");
+    if (pid == 0) {
+      if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent) ::_exit(126);
+      const int out = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (out < 0 || ::dup2(in[0], 0) < 0 || ::dup2(out, 1) < 0 || ::dup2(out, 2) < 0) {
+        ::_exit(126);
+      }
+      std::vector<char*> a;
+      for (auto& x : argv) a.push_back(x.data());
+      a.push_back(nullptr);
+      ::execv(a[0], a.data());
+      ::_exit(127);
+    }
+    ::close(in[0]);
+    stdin_ = Fd(in[1]);
+    pid_ = pid;
+    // EAL start-up alone can take seconds on a busy machine.
+    if (!wait_output("testpmd> ", 1, std::chrono::seconds(30))) {
+      fatal(str("dpdk-testpmd gave no prompt within 30 s:\n", log()));
+    }
+  }
+
+  void command(const std::string& line) {
+    const std::string text = line + "\n";
+    if (::write(stdin_.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+      fatal(str("dpdk-testpmd exited:\n", log()));
+    }
+  }
+
+  std::string log() const {
+    std::ifstream f(log_path_);
+    std::stringstream s;
+    s << f.rdbuf();
+    return s.str();
+  }
+
+  static size_t count(const std::string& text, const std::string& needle) {
+    size_t n = 0;
+    for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) {
+      ++n;
+    }
+    return n;
+  }
+
+  bool wait_output(const std::string& needle, size_t n, std::chrono::milliseconds timeout) {
+    const auto deadline = Clock::now() + timeout;
+    while (count(log(), needle) < n) {
+      if (Clock::now() >= deadline) return false;
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        fatal(str("dpdk-testpmd exited:\n", log()));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return true;
+  }
+
+  /// RX-packets and TX-packets of `port` (show port stats).
+  std::pair<uint64_t, uint64_t> port_packets(int port) {
+    const std::string head = str("NIC statistics for port ", port);
+    const size_t before = count(log(), head);
+    command(str("show port stats ", port));
+    if (!wait_output(head, before + 1, std::chrono::seconds(10))) {
+      fatal(str("dpdk-testpmd printed no port stats:\n", log()));
+    }
+    // The statistics block follows its head; wait for its TX line too.
+    for (int i = 0; i < 2000; ++i) {
+      const std::string text = log();
+      const size_t at = text.rfind(head);
+      const size_t rx = text.find("RX-packets:", at), tx = text.find("TX-packets:", at);
+      if (rx != std::string::npos && tx != std::string::npos &&
+          text.find('\n', tx) != std::string::npos) {
+        return {std::strtoull(text.c_str() + rx + 11, nullptr, 10),
+                std::strtoull(text.c_str() + tx + 11, nullptr, 10)};
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    fatal(str("dpdk-testpmd's port stats were cut short:\n", log()));
+  }
+
+  /// quit, then SIGKILL if it has not exited within 5 s.
+  void quit() {
+    if (pid_ <= 0) return;
+    const std::string text = "stop\nquit\n";
+    (void)!::write(stdin_.get(), text.data(), text.size());
+    stdin_.reset();
+    const auto deadline = Clock::now() + std::chrono::seconds(5);
+    int status = 0;
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (Clock::now() > deadline) {
+        ::kill(pid_, SIGKILL);
+        ::waitpid(pid_, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    pid_ = -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  Fd stdin_;
+  std::string prefix_;
+  std::string log_path_;
 };
 
 std::map<std::string, uint64_t> operator-(std::map<std::string, uint64_t> a,
@@ -738,8 +952,9 @@ struct Window {
   uint64_t frames = 0, bytes = 0;
   double seconds = 0;
   CpuSample cpu0, cpu;
-  pid_t cpu_pid = -1;  // process sampled (vpd), or
-  pid_t cpu_tid = -1;  // task sampled (the baseline loop)
+  pid_t cpu_pid = -1;       // process sampled (vpd), or
+  pid_t cpu_tid = -1;       // task sampled (the baseline loop)
+  bool io_workers = false;  // also this process's io_uring workers (the io_uring loop)
   // Both cores and this thread (front-end, generator): what else ran on them.
   int cores[2] = {0, 1};
   CoreSample core0[2], core[2];
@@ -754,7 +969,10 @@ struct Window {
          std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.warmup));
     t1 = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.seconds));
   }
-  CpuSample sample() const { return cpu_pid > 0 ? sample_process(cpu_pid) : sample_task(cpu_tid); }
+  CpuSample sample() const {
+    if (cpu_pid > 0) return sample_process(cpu_pid);
+    return io_workers ? sample_task_and_io_workers(cpu_tid) : sample_task(cpu_tid);
+  }
   /// Call with the running totals; false once the window has closed.
   bool tick(Clock::time_point now, uint64_t total_frames, uint64_t total_bytes) {
     if (!open && now >= t0) {
@@ -830,17 +1048,22 @@ LinkStats operator-(const LinkStats& a, const LinkStats& b) {
                    a.tx_packets - b.tx_packets, a.tx_dropped - b.tx_dropped};
 }
 
-/// One direction and size: vpd and the baseline.
+/// One direction and size: vpd, the write()/read() loop and the io_uring loop.
 struct Case {
   bool rx = false;  // host->guest
   const Size* size = nullptr;
   Figures vpd, base;
+  Figures uring;         // measured only when io_uring is usable
+  Figures peer;          // --frontend dpdk: DPDK's net_vhost backend instead of vpd
+  uint64_t too_big = 0;  // vpd's rx_dropped_too_big, summed over every run
   const char* direction() const { return rx ? "host->guest" : "guest->host"; }
-  double ratio() const { return base.fps > 0 ? vpd.fps / base.fps : 0; }
-  double cpu_ratio() const {
-    const double v = vpd.cpu_per_frame(), b = base.cpu_per_frame();
-    return v > 0 ? b / v : 0;
+  static double ratio(const Figures& v, const Figures& b) { return b.fps > 0 ? v.fps / b.fps : 0; }
+  static double cpu_ratio(const Figures& v, const Figures& b) {
+    const double vc = v.cpu_per_frame(), bc = b.cpu_per_frame();
+    return vc > 0 ? bc / vc : 0;
   }
+  double ratio() const { return ratio(vpd, base); }
+  double cpu_ratio() const { return cpu_ratio(vpd, base); }
 };
 
 /// --repeat: keeps the fastest run (interference only ever slows a run down) and the
@@ -862,6 +1085,71 @@ void keep_best(Figures& best, Figures run, int k) {
   best.warnings = std::move(warnings);
 }
 
+// --- The io_uring baseline -------------------------------------------------------------------
+
+/// A 32-deep io_uring with one registered file (the baseline TAP) whose async workers, if
+/// io_uring needs any, are confined to the measured core like the loop itself.
+class Uring {
+ public:
+  static constexpr unsigned kDepth = 32;
+  Uring() = default;
+  Uring(const Uring&) = delete;
+  Uring& operator=(const Uring&) = delete;
+  ~Uring() {
+    if (live_) io_uring_queue_exit(&ring_);
+  }
+  /// "" or the step that failed.
+  std::string init(int fd, int cpu) {
+    if (const int e = io_uring_queue_init(kDepth, &ring_, 0); e < 0) {
+      return str("io_uring_queue_init: ", std::strerror(-e));
+    }
+    live_ = true;
+    if (const int e = io_uring_register_files(&ring_, &fd, 1); e < 0) {
+      return str("io_uring_register_files: ", std::strerror(-e));
+    }
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(static_cast<size_t>(cpu), &set);
+    if (const int e = io_uring_register_iowq_aff(&ring_, sizeof set, &set); e < 0) {
+      return str("io_uring_register_iowq_aff: ", std::strerror(-e));
+    }
+    return "";
+  }
+  io_uring* get() { return &ring_; }
+
+  /// Calls on_cqe(res, user_data) for every completion waiting; how many there were.
+  template <typename F>
+  unsigned reap(F&& on_cqe) {
+    unsigned head = 0, seen = 0;
+    io_uring_cqe* cqe = nullptr;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      on_cqe(cqe->res, cqe->user_data);
+      ++seen;
+    }
+    io_uring_cq_advance(&ring_, seen);
+    return seen;
+  }
+
+ private:
+  io_uring ring_{};
+  bool live_ = false;
+};
+
+/// What an io_uring loop's completions said besides "done in full".
+struct UringOutcomes {
+  std::atomic<uint64_t> short_ops{0}, failed{0};
+  std::atomic<int> last_error{0};
+  void add_to(std::vector<std::string>& warnings, const char* op) const {
+    if (short_ops.load() != 0) {
+      warnings.push_back(str(short_ops.load(), " io_uring ", op, "s completed short"));
+    }
+    if (failed.load() != 0) {
+      warnings.push_back(str(failed.load(), " io_uring ", op,
+                             "s failed (last: ", std::strerror(last_error.load()), ")"));
+    }
+  }
+};
+
 // --- The bench --------------------------------------------------------------------------------
 
 class Bench {
@@ -876,10 +1164,17 @@ class Bench {
   Figures vpd_rx(const Size& size);
   Figures base_tx(const Pool& pool);
   Figures base_rx(const Size& size);
+  Figures uring_tx(const Pool& pool);
+  Figures uring_rx(const Size& size);
   std::unique_ptr<Generator> generator(const Size& size, bool vpd_side);
+  std::unique_ptr<Generator> generator(const Size& size, int ifindex, const net::Mac& tap_mac,
+                                       uint8_t net);
+  Figures dpdk_vpd(const Size& size, bool rx);
+  Figures dpdk_peer(const Size& size, bool rx);
   void drain_tx();
   void check_tx(Figures& r, const std::string& ifname, bool vpd_side);
   void print(const std::vector<Case>& cases);
+  void print_targets(const std::vector<Case>& cases);
 
   const Options& o_;
   VpdProcess vpd_;
@@ -887,8 +1182,11 @@ class Bench {
   net::Tap base_;
   net::Mac vp0_mac_, base_mac_, guest_mac_;
   int vp0_ifindex_ = 0, base_ifindex_ = 0;
+  net::Mac vp1_mac_;  // --frontend dpdk: the endpoint testpmd drives
+  int vp1_ifindex_ = 0;
   uint64_t acked_ = 0;
   std::string offloads_;
+  std::string uring_unusable_;  // why io_uring cannot be used here, or ""
 };
 
 void Bench::setup() {
@@ -953,6 +1251,21 @@ void Bench::setup() {
   must({"ip", "neigh", "replace", "10.97.0.2", "lladdr", guest_mac_.to_string(), "dev", "vp0",
         "nud", "permanent"});
 
+  if (o_.dpdk) {
+    // vp1: the endpoint dpdk-testpmd's virtio-user drives, set up as vp0 on 10.98.x.
+    if (Output c = vpd_.ctl({"vp1", "create", "address=10.98.0.1/24", "up"}); c.status != 0) {
+      fatal(str("vpctl vp1 create: ", c.out));
+    }
+    must({"ip", "route", "add", "blackhole", "10.98.1.0/24"});
+    must({"ip", "route", "add", "blackhole", "10.99.1.0/24"});  // DPDK's net_tap peer
+    auto vp1 = nl->find_link("vp1");
+    if (!vp1 || !*vp1) fatal("no vp1");
+    vp1_mac_ = (*vp1)->mac;
+    vp1_ifindex_ = (*vp1)->ifindex;
+    must({"ip", "neigh", "replace", "10.98.0.2", "lladdr", guest_mac_.to_string(), "dev", "vp1",
+          "nud", "permanent"});
+  }
+
   // The baseline TAP, opened and configured as vpd configures vp0 for this guest.
   auto tap = net::Tap::open("bench0");
   if (!tap) fatal(tap.error().message);
@@ -980,6 +1293,15 @@ void Bench::setup() {
   (void)fe_->kick(kRx);
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   while (fe_->next_used(kRx)) {
+  }
+
+  // io_uring may be switched off (kernel.io_uring_disabled) or filtered (seccomp): then its
+  // baseline is left out, the rest still runs.
+  io_uring probe;
+  if (const int e = io_uring_queue_init(Uring::kDepth, &probe, 0); e < 0) {
+    uring_unusable_ = str("io_uring_queue_init: ", std::strerror(-e));
+  } else {
+    io_uring_queue_exit(&probe);
   }
 }
 
@@ -1060,13 +1382,168 @@ void Bench::check_tx(Figures& r, const std::string& ifname, bool vpd_side) {
 }
 
 std::unique_ptr<Generator> Bench::generator(const Size& size, bool vpd_side) {
-  const uint8_t net = vpd_side ? 97 : 96;
+  return vpd_side ? generator(size, vp0_ifindex_, vp0_mac_, 97)
+                  : generator(size, base_ifindex_, base_mac_, 96);
+}
+
+std::unique_ptr<Generator> Bench::generator(const Size& size, int ifindex, const net::Mac& tap_mac,
+                                            uint8_t net) {
   if (size.gso) return std::make_unique<UdpGsoGenerator>(ipv4(10, net, 0, 2));
-  const net::Mac& tap_mac = vpd_side ? vp0_mac_ : base_mac_;
   auto frame = make_frame(size, tap_mac, guest_mac_, ipv4(10, net, 0, 1), ipv4(10, net, 0, 2));
   frame.erase(frame.begin(), frame.begin() + kHdr);  // AF_PACKET sends the bare frame
-  return std::make_unique<PacketGenerator>(vpd_side ? vp0_ifindex_ : base_ifindex_,
-                                           std::move(frame), guest_mac_);
+  return std::make_unique<PacketGenerator>(ifindex, std::move(frame), guest_mac_);
+}
+
+/// Sends bursts from its own thread on `cpu` until it goes out of scope (the testpmd cases,
+/// whose counters this thread reads meanwhile).
+class GeneratorThread {
+ public:
+  GeneratorThread(std::unique_ptr<Generator> gen, int cpu) : gen_(std::move(gen)) {
+    thread_ = std::thread([this, cpu] {
+      pin_to(cpu);
+      while (!stop_.load(std::memory_order_relaxed)) gen_->burst();
+    });
+  }
+  ~GeneratorThread() {
+    stop_ = true;
+    thread_.join();
+  }
+  GeneratorThread(const GeneratorThread&) = delete;
+  GeneratorThread& operator=(const GeneratorThread&) = delete;
+
+ private:
+  std::unique_ptr<Generator> gen_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+/// Runs `w` to its end with `totals` (frames, bytes) read only where it opens and closes:
+/// for counters that take milliseconds to read (vpctl, testpmd's prompt). Each reading is
+/// dated at the middle of the time it took.
+void run_window(Window& w, const std::function<std::pair<uint64_t, uint64_t>()>& totals) {
+  auto at = [&] {
+    const auto a = Clock::now();
+    const auto [frames, bytes] = totals();
+    w.tick(a + (Clock::now() - a) / 2, frames, bytes);
+  };
+  std::this_thread::sleep_until(w.t0);
+  at();
+  std::this_thread::sleep_until(w.t1);
+  at();
+}
+
+Figures Bench::dpdk_vpd(const Size& size, bool rx) {
+  Testpmd t;
+  const std::string vdev = str("net_virtio_user0,path=", vpd_.runtime_dir(), "/vp1.sock",
+                               ",queue_size=", o_.ring, ",mac=", guest_mac_.to_string());
+  t.start(o_.frontend_cpu, {vdev},
+          {rx ? "--forward-mode=rxonly" : "--forward-mode=txonly", str("--txpkts=", size.frame),
+           str("--eth-peer=0,", vp1_mac_.to_string()), "--tx-ip=10.98.0.2,10.98.1.1"},
+          vpd_.dir() + "/testpmd-vpd.log");
+  Json st;
+  for (int i = 0; i < 500; ++i) {
+    st = vpd_.status("vp1");
+    if (st.value("carrier", false)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (!st.value("carrier", false)) fatal(str("vp1 has no carrier with testpmd:\n", t.log()));
+  t.command("start");
+  const auto c0 = vpd_.counters("vp1");
+  const LinkStats l0 = link_stats("vp1");
+  const auto ip0 = ip_stats();
+  Window w(o_, vpd_.pid(), -1);
+  w.frontend_core_used = false;  // testpmd polls there: only the measured core is checked
+  {
+    std::unique_ptr<GeneratorThread> gen;
+    if (rx) {
+      gen = std::make_unique<GeneratorThread>(generator(size, vp1_ifindex_, vp1_mac_, 98),
+                                              o_.frontend_cpu);
+    }
+    run_window(w, [&] {
+      auto c = vpd_.counters("vp1");
+      return rx ? std::pair{c["rx_packets"], c["rx_bytes"]}
+                : std::pair{c["tx_packets"], c["tx_bytes"]};
+    });
+  }
+  t.command("stop");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // vpd publishes its counters
+  Figures r = finish(w);
+  r.vpd = vpd_.counters("vp1") - c0;
+  r.link = link_stats("vp1") - l0;
+  r.ip = ip_stats() - ip0;
+  t.quit();
+  if (!rx) {
+    r.phase_frames = r.vpd["tx_packets"];
+    check_tx(r, "vp1", true);
+  } else {
+    r.phase_frames = r.vpd["rx_packets"];
+    for (const auto& [k, v] : r.vpd) {
+      if (v != 0 && (k.starts_with("rx_dropped") || k == "rx_malformed_chain" ||
+                     k == "rx_buffers_returned_empty" || k == "tap_read_fails")) {
+        r.warnings.push_back(str("vpd ", k, " = ", v));
+      }
+    }
+  }
+  return r;
+}
+
+Figures Bench::dpdk_peer(const Size& size, bool rx) {
+  // DPDK's own vhost-user backend forwarding (io mode) between its vhost port (0) and a TAP
+  // of its own (port 1), on the measured core, as vpd runs there.
+  const std::string sock = vpd_.dir() + "/dpdk-vhost.sock";
+  Testpmd backend;
+  backend.start(o_.vpd_cpu, {str("net_vhost0,iface=", sock, ",queues=1"), "net_tap0,iface=dpdk0"},
+                {"--forward-mode=io"}, vpd_.dir() + "/testpmd-vhost.log");
+  must({"ip", "link", "set", "dpdk0", "up"});
+  must({"ip", "addr", "replace", "10.99.0.1/24", "dev", "dpdk0"});
+  must({"ip", "neigh", "replace", "10.99.0.2", "lladdr", guest_mac_.to_string(), "dev", "dpdk0",
+        "nud", "permanent"});
+  auto nl = net::Netlink::open();
+  if (!nl) fatal(nl.error().message);
+  auto tap = nl->find_link("dpdk0");
+  if (!tap || !*tap) fatal(str("DPDK's net_tap made no dpdk0:\n", backend.log()));
+  const net::Mac tap_mac = (*tap)->mac;
+  const int tap_ifindex = (*tap)->ifindex;
+  backend.command("start");
+
+  Testpmd guest;
+  guest.start(o_.frontend_cpu,
+              {str("net_virtio_user0,path=", sock, ",queue_size=", o_.ring,
+                   ",mac=", guest_mac_.to_string())},
+              {rx ? "--forward-mode=rxonly" : "--forward-mode=txonly", str("--txpkts=", size.frame),
+               str("--eth-peer=0,", tap_mac.to_string()), "--tx-ip=10.99.0.2,10.99.1.1"},
+              vpd_.dir() + "/testpmd-guest.log");
+  guest.command("start");
+  const LinkStats l0 = link_stats("dpdk0");
+  const auto ip0 = ip_stats();
+  Window w(o_, backend.pid(), -1);
+  w.frontend_core_used = false;  // testpmd polls there: only the measured core is checked
+  {
+    std::unique_ptr<GeneratorThread> gen;
+    if (rx) {
+      gen = std::make_unique<GeneratorThread>(generator(size, tap_ifindex, tap_mac, 99),
+                                              o_.frontend_cpu);
+    }
+    run_window(w, [&]() -> std::pair<uint64_t, uint64_t> {
+      // Guest->host: what DPDK wrote into its TAP; host->guest: what the guest received.
+      const uint64_t n = rx ? guest.port_packets(0).first : link_stats("dpdk0").rx_packets;
+      return {n, n * size.frame};
+    });
+  }
+  guest.command("stop");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  Figures r = finish(w);
+  r.link = link_stats("dpdk0") - l0;
+  r.ip = ip_stats() - ip0;
+  if (!rx) {
+    r.phase_frames = r.link.rx_packets;
+    check_tx(r, "dpdk0", false);
+  } else {
+    r.phase_frames = r.frames;
+  }
+  guest.quit();
+  backend.quit();
+  return r;
 }
 
 Figures Bench::vpd_rx(const Size& size) {
@@ -1227,6 +1704,208 @@ Figures Bench::base_rx(const Size& size) {
   return r;
 }
 
+Figures Bench::uring_tx(const Pool& pool) {
+  std::atomic<uint64_t> count{0};
+  std::atomic<bool> stop{false};
+  std::atomic<pid_t> tid{0};
+  UringOutcomes outcomes;
+  std::string setup_error;  // written by the writer before it stores its tid
+  const LinkStats l0 = link_stats("bench0");
+  const auto ip0 = ip_stats();
+  const int fd = base_.fd();
+  std::thread writer([&] {
+    pin_to(o_.vpd_cpu);
+    Uring u;
+    setup_error = u.init(fd, o_.vpd_cpu);
+    if (!setup_error.empty()) {
+      tid = ::gettid();
+      return;
+    }
+    io_uring* ring = u.get();
+    uint64_t n = 0, next = 0;
+    unsigned outstanding = 0;  // writes prepared or in flight
+    auto prepare = [&] {
+      io_uring_sqe* sqe = io_uring_get_sqe(ring);
+      io_uring_prep_write(sqe, 0, pool.at(next++), pool.len, 0);  // fixed file 0: bench0
+      sqe->flags |= IOSQE_FIXED_FILE;
+      sqe->user_data = 0;
+      ++outstanding;
+    };
+    auto on_cqe = [&](int res, uint64_t) {
+      --outstanding;
+      if (res == static_cast<int>(pool.len)) {
+        ++n;
+      } else if (res < 0) {
+        outcomes.failed.fetch_add(1, std::memory_order_relaxed);
+        outcomes.last_error.store(-res, std::memory_order_relaxed);
+      } else {
+        outcomes.short_ops.fetch_add(1, std::memory_order_relaxed);
+      }
+    };
+    for (unsigned k = 0; k < Uring::kDepth; ++k) prepare();
+    tid = ::gettid();
+    // Keep kDepth writes in flight: submit what was prepared, wait for at least one
+    // completion, reap them all, prepare as many again.
+    while (!stop.load(std::memory_order_relaxed)) {
+      const int e = io_uring_submit_and_wait(ring, 1);
+      if (e < 0 && e != -EINTR) {
+        outcomes.failed.fetch_add(1, std::memory_order_relaxed);
+        outcomes.last_error.store(-e, std::memory_order_relaxed);
+        break;
+      }
+      const unsigned seen = u.reap(on_cqe);
+      count.store(n, std::memory_order_relaxed);
+      for (unsigned k = 0; k < seen; ++k) prepare();
+    }
+    // What is prepared or in flight still reaches the TAP: count it, so that the TAP's
+    // counters match.
+    while (outstanding > 0) {
+      io_uring_cqe* cqe = nullptr;
+      if (io_uring_submit_and_wait(ring, 1) < 0 || io_uring_peek_cqe(ring, &cqe) != 0) break;
+      u.reap(on_cqe);
+    }
+    count.store(n, std::memory_order_relaxed);
+  });
+  while (tid.load() == 0) std::this_thread::yield();
+  if (!setup_error.empty()) {
+    writer.join();
+    fatal(setup_error);
+  }
+  Window w(o_, -1, tid.load());
+  w.io_workers = true;
+  w.frontend_core_used = false;
+  const uint64_t len = pool.len - kHdr;
+  for (;;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    const uint64_t n = count.load(std::memory_order_relaxed);
+    if (!w.tick(Clock::now(), n, n * len)) break;
+  }
+  stop = true;
+  writer.join();
+  Figures r = finish(w);
+  r.phase_frames = count.load();
+  r.link = link_stats("bench0") - l0;
+  r.ip = ip_stats() - ip0;
+  outcomes.add_to(r.warnings, "write");
+  check_tx(r, "bench0", false);
+  return r;
+}
+
+Figures Bench::uring_rx(const Size& size) {
+  auto gen = generator(size, false);
+  std::atomic<uint64_t> frames{0}, bytes{0};
+  std::atomic<bool> stop{false};
+  std::atomic<pid_t> tid{0};
+  UringOutcomes outcomes;
+  std::string setup_error;  // written by the reader before it stores its tid
+  const LinkStats l0 = link_stats("bench0");
+  const int fd = base_.fd();
+  // A read on an O_NONBLOCK file whose driver cannot wait without blocking completes with
+  // EAGAIN instead of waiting for data: the loop would spin. Blocking reads wait (armed
+  // poll, or an io_uring worker) and complete when a frame arrives. Restored afterwards.
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) fatal_errno("fcntl bench0");
+  std::thread reader([&] {
+    pin_to(o_.vpd_cpu);
+    Uring u;
+    setup_error = u.init(fd, o_.vpd_cpu);
+    if (!setup_error.empty()) {
+      tid = ::gettid();
+      return;
+    }
+    io_uring* ring = u.get();
+    const size_t buf_size = kHdr + dataplane::kMaxFrameSize;
+    std::vector<std::byte> bufs(Uring::kDepth * buf_size);
+    uint64_t f = 0, b = 0;
+    unsigned outstanding = 0;  // reads prepared or in flight
+    auto prepare = [&](uint64_t slot) {
+      io_uring_sqe* sqe = io_uring_get_sqe(ring);
+      io_uring_prep_read(sqe, 0, bufs.data() + slot * buf_size, buf_size, 0);
+      sqe->flags |= IOSQE_FIXED_FILE;
+      sqe->user_data = slot;
+      ++outstanding;
+    };
+    std::vector<uint64_t> again;  // slots whose read completed, to read into again
+    again.reserve(Uring::kDepth);
+    auto on_cqe = [&](int res, uint64_t slot) {
+      if (slot >= Uring::kDepth) return;  // the cancel request's own completion
+      --outstanding;
+      if (res > static_cast<int>(kHdr)) {
+        b += static_cast<uint64_t>(res) - kHdr;
+        ++f;
+      } else if (res == -ECANCELED) {
+        return;  // cancelled at the end: not read again
+      } else if (res < 0) {
+        outcomes.failed.fetch_add(1, std::memory_order_relaxed);
+        outcomes.last_error.store(-res, std::memory_order_relaxed);
+      } else {
+        outcomes.short_ops.fetch_add(1, std::memory_order_relaxed);
+      }
+      again.push_back(slot);
+    };
+    for (unsigned k = 0; k < Uring::kDepth; ++k) prepare(k);
+    tid = ::gettid();
+    __kernel_timespec wait{0, 50'000'000};  // to look at `stop` while the TAP is idle
+    while (!stop.load(std::memory_order_relaxed)) {
+      io_uring_cqe* cqe = nullptr;
+      const int e = io_uring_submit_and_wait_timeout(ring, &cqe, 1, &wait, nullptr);
+      if (e < 0 && e != -ETIME && e != -EINTR) {
+        outcomes.failed.fetch_add(1, std::memory_order_relaxed);
+        outcomes.last_error.store(-e, std::memory_order_relaxed);
+        break;
+      }
+      again.clear();
+      u.reap(on_cqe);
+      bytes.store(b, std::memory_order_relaxed);
+      frames.store(f, std::memory_order_relaxed);
+      for (uint64_t slot : again) prepare(slot);
+    }
+    // Cancel the reads still waiting; a read that completes meanwhile is still counted, so
+    // that every frame the TAP handed out is.
+    io_uring_sqe* sqe = io_uring_get_sqe(ring);
+    io_uring_prep_cancel(sqe, nullptr, IORING_ASYNC_CANCEL_ANY);
+    sqe->user_data = Uring::kDepth;
+    io_uring_submit(ring);
+    const auto deadline = Clock::now() + std::chrono::seconds(2);
+    while (outstanding > 0 && Clock::now() < deadline) {
+      io_uring_cqe* cqe = nullptr;
+      __kernel_timespec t{0, 10'000'000};
+      io_uring_wait_cqe_timeout(ring, &cqe, &t);
+      u.reap(on_cqe);
+    }
+    bytes.store(b, std::memory_order_relaxed);
+    frames.store(f, std::memory_order_relaxed);
+  });
+  while (tid.load() == 0) std::this_thread::yield();
+  if (!setup_error.empty()) {
+    reader.join();
+    ::fcntl(fd, F_SETFL, flags);
+    fatal(setup_error);
+  }
+  Window w(o_, -1, tid.load());
+  w.io_workers = true;
+  for (;;) {
+    if (!w.tick(Clock::now(), frames.load(std::memory_order_relaxed),
+                bytes.load(std::memory_order_relaxed))) {
+      break;
+    }
+    gen->burst();
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  stop = true;
+  reader.join();
+  ::fcntl(fd, F_SETFL, flags);
+  Figures r = finish(w);
+  r.phase_frames = frames.load();
+  r.link = link_stats("bench0") - l0;
+  outcomes.add_to(r.warnings, "read");
+  if (r.link.tx_packets != r.phase_frames) {
+    r.warnings.push_back(
+        str("bench0 sent ", r.link.tx_packets, " frames, the io_uring reads got ", r.phase_frames));
+  }
+  return r;
+}
+
 std::string rate(double fps) {
   char b[32];
   if (fps >= 1e6) {
@@ -1247,16 +1926,39 @@ double per(uint64_t n, uint64_t frames) {
 }
 
 void Bench::print(const std::vector<Case>& cases) {
-  std::printf("\n%-13s %-10s %12s %9s %12s %9s %7s %9s\n", "direction", "size", "vpd frames/s",
-              "Gbit/s", "base frames/s", "Gbit/s", "ratio", "CPU ratio");
+  const bool uring = uring_unusable_.empty();
+  std::printf("\n%-13s %-10s %12s %9s | %12s %9s %7s %9s", "direction", "size", "vpd frames/s",
+              "Gbit/s", "loop frames/s", "Gbit/s", "ratio", "CPU ratio");
+  if (uring) {
+    std::printf(" | %12s %9s %7s %9s", "uring frames/s", "Gbit/s", "ratio", "CPU ratio");
+  }
+  if (o_.dpdk) std::printf(" | %12s %9s %7s %9s", "DPDK frames/s", "Gbit/s", "ratio", "CPU ratio");
+  std::printf("\n");
   for (const Case& c : cases) {
-    std::printf("%-13s %-10s %12s %9.2f %12s %9.2f %7.2f %9.2f\n", c.direction(), c.size->name,
+    std::printf("%-13s %-10s %12s %9.2f | %12s %9.2f %7.2f %9.2f", c.direction(), c.size->name,
                 rate(c.vpd.fps).c_str(), c.vpd.gbps, rate(c.base.fps).c_str(), c.base.gbps,
                 c.ratio(), c.cpu_ratio());
+    if (uring) {
+      std::printf(" | %12s %9.2f %7.2f %9.2f", rate(c.uring.fps).c_str(), c.uring.gbps,
+                  Case::ratio(c.vpd, c.uring), Case::cpu_ratio(c.vpd, c.uring));
+    }
+    if (o_.dpdk) {
+      std::printf(" | %12s %9.2f %7.2f %9.2f", rate(c.peer.fps).c_str(), c.peer.gbps,
+                  Case::ratio(c.vpd, c.peer), Case::cpu_ratio(c.vpd, c.peer));
+    }
+    std::printf("\n");
   }
   std::printf(
-      "(ratio: vpd frames/s / baseline frames/s. CPU ratio: baseline CPU time per frame / vpd's\n"
-      " on its core, the fairer figure where the generator, not the reader, set the pace.)\n");
+      "(loop: one thread write()s or read()s bench0, one frame per syscall; uring: one thread\n"
+      " keeps %u io_uring writes or reads of bench0 in flight. ratio: vpd frames/s / that\n"
+      " baseline's. CPU ratio: the baseline's CPU time per frame / vpd's, the fairer figure where\n"
+      " the generator, not the reader, set the pace.)\n",
+      Uring::kDepth);
+  if (o_.dpdk) {
+    std::printf(
+        "(DPDK: DPDK's net_vhost backend forwarding to its net_tap on vpd's core; ratio: vpd /\n"
+        " DPDK. vpd: driven by dpdk-testpmd's virtio-user instead of the test front-end.)\n");
+  }
 
   std::printf(
       "\nWhere the time goes (measured window; CPU = busy share of one core: vpd's whole "
@@ -1264,11 +1966,11 @@ void Bench::print(const std::vector<Case>& cases) {
   std::printf("%-13s %-10s %-5s %11s %8s %8s %10s %9s %9s %11s %9s %7s\n", "direction", "size",
               "side", "CPU usr/sys", "us/frame", "wakeups", "kicks", "irqs", "irqs supp",
               "no_rx_buf", "tap drop", "foreign");
-  auto diag = [&](const Case& c, const Figures& r, bool vpd_side) {
+  auto diag = [&](const Case& c, const Figures& r, const char* side) {
+    const bool vpd_side = &r == &c.vpd;
     const uint64_t f = r.phase_frames;
-    std::printf("%-13s %-10s %-5s %4.0f%%/%3.0f%% %8.3f %8.4f", c.direction(), c.size->name,
-                vpd_side ? "vpd" : "base", 100 * r.cpu.user / r.seconds,
-                100 * r.cpu.sys / r.seconds, r.cpu_per_frame() * 1e6,
+    std::printf("%-13s %-10s %-5s %4.0f%%/%3.0f%% %8.3f %8.4f", c.direction(), c.size->name, side,
+                100 * r.cpu.user / r.seconds, 100 * r.cpu.sys / r.seconds, r.cpu_per_frame() * 1e6,
                 per(r.cpu.voluntary, r.frames));
     if (vpd_side) {
       std::printf(" %10.4f %9.4f %9.4f %11.4f", per(get(r.vpd, "kicks"), f),
@@ -1280,8 +1982,10 @@ void Bench::print(const std::vector<Case>& cases) {
     std::printf(" %9s %6.1f%%\n", c.rx ? str(r.link.tx_dropped).c_str() : "-", 100 * r.foreign);
   };
   for (const Case& c : cases) {
-    diag(c, c.vpd, true);
-    diag(c, c.base, false);
+    diag(c, c.vpd, "vpd");
+    diag(c, c.base, "loop");
+    if (uring) diag(c, c.uring, "uring");
+    if (o_.dpdk) diag(c, c.peer, "dpdk");
   }
   std::printf(
       "(us/frame: CPU time per frame. wakeups: voluntary context switches per frame. kicks, irqs,\n"
@@ -1290,27 +1994,31 @@ void Bench::print(const std::vector<Case>& cases) {
       " foreign: share of a core that other tasks or the hypervisor took, the worse of the "
       "two.)\n");
 
+  auto side = [](const Case& c, const Figures* r) {
+    return r == &c.vpd ? "vpd" : r == &c.base ? "loop" : r == &c.uring ? "uring" : "dpdk";
+  };
   bool warned = false;
   for (const Case& c : cases) {
-    for (const Figures* r : {&c.vpd, &c.base}) {
+    for (const Figures* r : {&c.vpd, &c.base, &c.uring, &c.peer}) {
+      if ((r == &c.uring && !uring) || (r == &c.peer && !o_.dpdk)) continue;
       for (const auto& w : r->warnings) {
         if (!warned) std::printf("\nWarnings:\n");
         warned = true;
-        std::printf("  %s %s %s: %s\n", c.direction(), c.size->name, r == &c.vpd ? "vpd" : "base",
-                    w.c_str());
+        std::printf("  %s %s %s: %s\n", c.direction(), c.size->name, side(c, r), w.c_str());
       }
     }
   }
   if (!warned) std::printf("\nChecks passed: no drops, every frame accounted for on both sides.\n");
   if (o_.verbose) {
     for (const Case& c : cases) {
-      for (const Figures* r : {&c.vpd, &c.base}) {
+      for (const Figures* r : {&c.vpd, &c.base, &c.uring, &c.peer}) {
+        if ((r == &c.uring && !uring) || (r == &c.peer && !o_.dpdk)) continue;
         std::printf("\n%s %s %s: %" PRIu64 " frames in %.3f s; whole case: %" PRIu64
                     " frames; TAP rx %" PRIu64 " (dropped %" PRIu64 ") tx %" PRIu64
                     " (dropped %" PRIu64 "); %" PRIu64 "+%" PRIu64 " context switches\n",
-                    c.direction(), c.size->name, r == &c.vpd ? "vpd" : "base", r->frames,
-                    r->seconds, r->phase_frames, r->link.rx_packets, r->link.rx_dropped,
-                    r->link.tx_packets, r->link.tx_dropped, r->cpu.voluntary, r->cpu.involuntary);
+                    c.direction(), c.size->name, side(c, r), r->frames, r->seconds, r->phase_frames,
+                    r->link.rx_packets, r->link.rx_dropped, r->link.tx_packets, r->link.tx_dropped,
+                    r->cpu.voluntary, r->cpu.involuntary);
         if (!r->first.empty()) std::printf("  first frame: %s\n", r->first.c_str());
         std::string moved;
         for (const auto& [k, v] : r->vpd) {
@@ -1326,11 +2034,39 @@ void Bench::print(const std::vector<Case>& cases) {
     }
   }
 
+  print_targets(cases);
+}
+
+void Bench::print_targets(const std::vector<Case>& cases) {
+  const bool uring = uring_unusable_.empty();
+  std::printf("\nTargets (figures of this run):\n");
+  auto line = [](const Case& c, const std::string& what, double target, double got, bool met) {
+    std::printf("  %-11s %-10s %-44s >= %.2fx: %5.2fx  %s\n", c.direction(), c.size->name,
+                what.c_str(), target, got, met ? "met" : "NOT met");
+  };
   for (const Case& c : cases) {
-    if (c.rx || (!c.size->gso && c.size->frame != 64)) continue;
-    const double target = c.size->gso ? 0.9 : 1.0;
-    std::printf("Target: guest->host %s >= %.2fx the plain write() loop: %.2fx, %s\n", c.size->name,
-                target, c.ratio(), c.ratio() >= target ? "met" : "NOT met");
+    if (!c.rx && !c.size->gso) {
+      line(c, "vpd / write() loop, frames/s", 1.15, c.ratio(), c.ratio() >= 1.15);
+      if (uring) {
+        const double r = Case::ratio(c.vpd, c.uring);
+        line(c, "vpd / io_uring loop, frames/s", 0.9, r, r >= 0.9);
+      } else {
+        std::printf("  %-11s %-10s vpd / io_uring loop: not measured (%s)\n", c.direction(),
+                    c.size->name, uring_unusable_.c_str());
+      }
+    } else if (!c.rx) {
+      line(c, "vpd / raw GSO write() loop, frames/s", 0.95, c.ratio(), c.ratio() >= 0.95);
+    } else if (!c.size->gso) {
+      line(c, "read() loop CPU/frame / vpd's (CPU ratio)", 1.1, c.cpu_ratio(),
+           c.cpu_ratio() >= 1.1);
+    } else {
+      line(c, str("vpd / read() loop, frames/s; too_big ", c.too_big), 0.9, c.ratio(),
+           c.ratio() >= 0.9 && c.too_big == 0);
+    }
+    if (o_.dpdk && c.size->frame == 64) {
+      const double r = Case::ratio(c.vpd, c.peer);
+      line(c, "vpd / DPDK net_vhost, frames/s", 1.1, r, r >= 1.1);
+    }
   }
 }
 
@@ -1342,6 +2078,19 @@ void Bench::run_all() {
       kRxBufferSize);
   std::printf("guest acked %s; TAP offloads %s\n",
               net::feature_names(acked_ & net::kOffloadsSupported).c_str(), offloads_.c_str());
+  if (o_.dpdk) {
+    std::printf(
+        "front-end: dpdk-testpmd virtio-user (txonly / rxonly) on cpu %d driving vp1; vpd's "
+        "figures from its counters. Peer: dpdk-testpmd net_vhost + net_tap (io) on cpu %d, "
+        "driven by a second testpmd virtio-user. 64 KB GSO left out (no offloads).\n",
+        o_.frontend_cpu, o_.vpd_cpu);
+  }
+  if (uring_unusable_.empty()) {
+    std::printf("io_uring baseline: %u operations in flight, registered file\n", Uring::kDepth);
+  } else {
+    std::printf("io_uring baseline left out: %s (kernel.io_uring_disabled?)\n",
+                uring_unusable_.c_str());
+  }
   std::fflush(stdout);
 
   std::vector<Case> cases;
@@ -1349,24 +2098,34 @@ void Bench::run_all() {
     if ((rx && !o_.rx) || (!rx && !o_.tx)) continue;
     for (const Size& s : kSizes) {
       if (!o_.sizes.empty() && std::ranges::find(o_.sizes, s.key) == o_.sizes.end()) continue;
-      Case c{rx, &s, {}, {}};
+      if (o_.dpdk && s.gso) continue;  // testpmd's virtio-user negotiates no offloads
+      Case c{rx, &s, {}, {}, {}, {}, 0};
       if (!rx) {
         auto frame = make_frame(s, guest_mac_, vp0_mac_, ipv4(10, 97, 0, 2), ipv4(10, 97, 1, 1));
         const Pool vpd_pool = make_pool(*fe_, frame, o_.ring);
         frame = make_frame(s, guest_mac_, base_mac_, ipv4(10, 96, 0, 2), ipv4(10, 96, 1, 1));
         const Pool base_pool = make_pool(*fe_, frame, o_.ring);
         for (int k = 0; k < o_.repeat; ++k) {
-          keep_best(c.vpd, vpd_tx(vpd_pool), k);
+          keep_best(c.vpd, o_.dpdk ? dpdk_vpd(s, false) : vpd_tx(vpd_pool), k);
+          if (o_.dpdk) keep_best(c.peer, dpdk_peer(s, false), k);
           keep_best(c.base, base_tx(base_pool), k);
+          if (uring_unusable_.empty()) keep_best(c.uring, uring_tx(base_pool), k);
         }
       } else {
         for (int k = 0; k < o_.repeat; ++k) {
-          keep_best(c.vpd, vpd_rx(s), k);
+          Figures v = o_.dpdk ? dpdk_vpd(s, true) : vpd_rx(s);
+          if (o_.dpdk) keep_best(c.peer, dpdk_peer(s, true), k);
+          c.too_big += get(v.vpd, "rx_dropped_too_big");
+          keep_best(c.vpd, std::move(v), k);
           keep_best(c.base, base_rx(s), k);
+          if (uring_unusable_.empty()) keep_best(c.uring, uring_rx(s), k);
         }
       }
-      std::printf("  %s %-10s vpd %s/s, baseline %s/s\n", c.direction(), s.name,
-                  rate(c.vpd.fps).c_str(), rate(c.base.fps).c_str());
+      std::printf("  %s %-10s vpd %s/s, %s loop %s/s", c.direction(), s.name,
+                  rate(c.vpd.fps).c_str(), rx ? "read()" : "write()", rate(c.base.fps).c_str());
+      if (uring_unusable_.empty()) std::printf(", io_uring %s/s", rate(c.uring.fps).c_str());
+      if (o_.dpdk) std::printf(", DPDK net_vhost %s/s", rate(c.peer.fps).c_str());
+      std::printf("\n");
       std::fflush(stdout);
       cases.push_back(std::move(c));
     }
