@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
@@ -132,6 +133,34 @@ Result<control::State> load_saved_state(const std::string& path) {
   log::error("the state file is corrupt (", state.error().message, "); kept it as ", *aside,
              " and started from the declared endpoints only");
   return control::State{};
+}
+
+/// Raises the soft limit on open files to the hard limit: every endpoint holds several fds
+/// (its TAP queues, the bind socket and a session, a kick and a call eventfd per ring, the
+/// guest's memory regions), and the usual soft limit of 1024 stops vpd at about a hundred
+/// endpoints. Says once when even the hard limit is short of about 8 fds per endpoint in
+/// `endpoints` plus a margin.
+void raise_fd_limit(size_t endpoints) {
+  constexpr rlim_t kFdsPerEndpoint = 8;
+  constexpr rlim_t kMargin = 64;
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  if (limit.rlim_cur != limit.rlim_max) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+      limit = raised;
+    } else {
+      log::warning("could not raise the open-file limit from ", limit.rlim_cur, " to ",
+                   limit.rlim_max, ": ", std::strerror(errno));
+    }
+  }
+  const rlim_t need = static_cast<rlim_t>(endpoints) * kFdsPerEndpoint + kMargin;
+  if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < need) {
+    log::warning("the open-file limit is ", limit.rlim_cur, ", short of the about ", need, " that ",
+                 endpoints, " endpoint", endpoints == 1 ? "" : "s",
+                 " may need; raise LimitNOFILE= (or ulimit -Hn)");
+  }
 }
 
 /// Registers `fd` for EPOLLIN with its own number as the tag.
@@ -315,6 +344,7 @@ int run(const Options& o) {
     log::error(state.error().message);
     return 1;
   }
+  raise_fd_limit(state->endpoints.size() + declarations->size());
   auto netlink = net::Netlink::open();
   if (!netlink) {
     log::error(netlink.error().message);

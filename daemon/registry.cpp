@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <set>
 
+#include "control/journal.hpp"
 #include "daemon/tap_provision.hpp"
 #include "net/ifname.hpp"
 #include "sys/log.hpp"
@@ -40,6 +41,8 @@ Registry::Registry(net::Netlink netlink, Paths paths, std::string machine_id, Da
 Registry::~Registry() {
   // Workers let go of every endpoint before the TAP handles here close.
   for (const auto& [name, e] : endpoints_) dataplane_.detach(name);
+  // A clean stop leaves the whole state in the state file and an empty journal.
+  if (journal_records_ > 0) compact();
 }
 
 size_t Registry::troubled() const {
@@ -103,15 +106,31 @@ Result<void> Registry::remove_tap(Endpoint& e) {
   return delete_vpd_tap(netlink_, e);
 }
 
-Result<void> Registry::save() {
-  control::State state;
-  for (const auto& [name, e] : endpoints_) state.endpoints.push_back({e.config, e.declared});
-  if (auto ok = control::save_state(paths_.state_file, state); !ok) {
+Result<void> Registry::save(const Endpoint* e, const std::string& name) {
+  const std::string record =
+      e ? control::encode_put({e->config, e->declared}) : control::encode_remove(name);
+  if (auto ok = control::append_journal(paths_.state_file, record); !ok) {
     return fail("state-write-failed",
                 str("vpd could not save its state (", ok.error().message,
                     "), so the change was undone; check that the state directory is writable"));
   }
+  // Compacting costs O(endpoints); doing it only after as many changes as there are
+  // endpoints (at least kCompactAfter) keeps a change O(1) on average and bounds the
+  // journal to about the size of the snapshot.
+  constexpr size_t kCompactAfter = 256;
+  if (++journal_records_ >= std::max(kCompactAfter, endpoints_.size())) compact();
   return {};
+}
+
+void Registry::compact() {
+  control::State state;
+  for (const auto& [name, e] : endpoints_) state.endpoints.push_back({e.config, e.declared});
+  if (auto ok = control::compact_state(paths_.state_file, state); !ok) {
+    // Every change is still in the journal; the next compaction tries again.
+    log::warning("could not compact the saved state: ", ok.error().message);
+    return;
+  }
+  journal_records_ = 0;
 }
 
 void Registry::restore(const control::State& state) {
@@ -124,6 +143,8 @@ void Registry::restore(const control::State& state) {
     if (e.problems.empty()) log::info(e.config.name, ": restored");
     endpoints_.emplace(e.config.name, std::move(e));
   }
+  // Start from a fresh snapshot and an empty journal.
+  compact();
 }
 
 std::vector<Error> Registry::apply_declarations(const std::vector<control::ConfigEntry>& entries) {
@@ -188,7 +209,7 @@ std::vector<Error> Registry::apply_declarations(const std::vector<control::Confi
     log::notice(name, ": no longer declared; kept as a run-time endpoint (`vpctl ", name,
                 " destroy` removes it)");
     e.declared.clear();
-    (void)save();
+    (void)save(&e);
   }
   return errors;
 }
@@ -258,7 +279,7 @@ Result<json> Registry::create(std::string name, const control::Change& change, s
     return std::unexpected(ok.error());
   }
   auto [it, inserted] = endpoints_.emplace(name, std::move(e));
-  if (auto ok = save(); !ok) {
+  if (auto ok = save(&it->second); !ok) {
     (void)remove_tap(it->second);
     endpoints_.erase(it);
     return std::unexpected(ok.error());
@@ -297,7 +318,7 @@ Result<json> Registry::set(const std::string& name, const control::Change& chang
   const std::string old_declared = e.declared;
   e.config = *config;
   if (declared) e.declared = *declared;
-  if (auto ok = save(); !ok) {
+  if (auto ok = save(&e); !ok) {
     e.config = before;
     e.declared = old_declared;
     (void)realise(e, &*config, before);
@@ -315,7 +336,7 @@ Result<void> Registry::destroy(const std::string& name, const Caller& caller) {
   }
   Endpoint e = std::move(it->second);
   endpoints_.erase(it);
-  if (auto ok = save(); !ok) {
+  if (auto ok = save(nullptr, name); !ok) {
     endpoints_.emplace(name, std::move(e));
     return std::unexpected(ok.error());
   }

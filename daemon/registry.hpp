@@ -94,7 +94,12 @@ class Registry {
                               const control::EndpointConfig& want);
   /// Lets the data plane go of the endpoint and deletes its TAP.
   Result<void> remove_tap(Endpoint& e);
-  Result<void> save();
+  /// Saves one accepted change before vpd answers: `e` as it is now, or (null) the removal
+  /// of `name`. One journal record, fdatasync'ed; now and then a compaction.
+  Result<void> save(const Endpoint* e, const std::string& name = "");
+  /// Writes every endpoint as the new snapshot and empties the journal; a failure is
+  /// logged (the journal still holds every change).
+  void compact();
   /// The endpoint's configuration with its live status (kernel link, guest session).
   nlohmann::json describe(const Endpoint& e);
 
@@ -103,6 +108,8 @@ class Registry {
   Paths paths_;
   std::string machine_id_;
   std::map<std::string, Endpoint> endpoints_;
+  /// Records in the journal since the last compaction.
+  size_t journal_records_ = 0;
 };
 
 }  // namespace vp::daemon

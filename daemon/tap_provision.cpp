@@ -131,6 +131,16 @@ Result<void> adopt_or_create_tap(net::Netlink& netlink, Endpoint& e, const Endpo
   if ((*info)->alias != kAliasMarker) {
     if (auto ok = netlink.set_alias((*info)->ifindex, kAliasMarker); !ok) return undo(ok.error());
   }
+  if (created) {
+    // A multiqueue TAP has 256 transmit queues, and bringing it up would give each a
+    // pfifo_fast qdisc (about 3 MB of kernel memory and 10 ms per TAP). tun never pushes
+    // back on its qdisc (a full queue drops in tun_net_xmit), so that qdisc never holds a
+    // frame: noqueue sends straight to tun with the same drops. Only a TAP vpd just
+    // created gets it; an adopted one keeps the qdisc it has (the operator's, maybe).
+    if (auto ok = netlink.set_noqueue((*info)->ifindex); !ok) {
+      log::info(name, ": kept the default qdisc: ", ok.error().message);
+    }
+  }
   e.ifindex = (*info)->ifindex;
   e.vnet_hdr_len = 0;
   if (for_vmm) {

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "control/journal.hpp"
 #include "sys/fd.hpp"
 #include "sys/str.hpp"
 
@@ -69,14 +70,27 @@ Result<State> decode_state(std::string_view text) {
 
 Result<State> load_state(const std::string& path) {
   std::ifstream in(path);
-  if (!in) {
-    if (errno == ENOENT) return State{};
+  std::stringstream text;
+  if (in) {
+    text << in.rdbuf();
+  } else if (errno == ENOENT) {
+    text << encode_state(State{});  // no snapshot yet: the journal alone
+  } else {
     return sys_fail(str("read ", path), errno);
   }
-  std::stringstream text;
-  text << in.rdbuf();
   auto state = decode_state(text.str());
   if (!state) return fail("state-corrupt", str(path, ": ", state.error().message));
+  const std::string journal = journal_path(path);
+  std::ifstream changes(journal);
+  if (!changes) {
+    if (errno == ENOENT) return state;
+    return sys_fail(str("read ", journal), errno);
+  }
+  std::stringstream records;
+  records << changes.rdbuf();
+  if (auto ok = replay_journal(*state, records.str()); !ok) {
+    return fail("state-corrupt", str(journal, ": ", ok.error().message));
+  }
   return state;
 }
 
@@ -125,6 +139,11 @@ Result<std::string> set_aside(const std::string& path) {
     if (::lstat(target.c_str(), &st) == 0) continue;
     if (::rename(path.c_str(), target.c_str()) != 0) {
       return sys_fail(str("rename ", path, " to ", target), errno);
+    }
+    // The journal's changes apply to the corrupt snapshot: they go aside with it.
+    const std::string journal = journal_path(path);
+    if (::lstat(journal.c_str(), &st) == 0 && st.st_size > 0) {
+      (void)::rename(journal.c_str(), journal_path(target).c_str());
     }
     return target;
   }

@@ -7,6 +7,8 @@
 #include <netlink/netlink.h>
 #include <netlink/route/addr.h>
 #include <netlink/route/link.h>
+#include <netlink/route/qdisc.h>
+#include <netlink/route/tc.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -203,6 +205,24 @@ Result<void> Netlink::set_alias(int ifindex, std::string_view alias) {
     rtnl_link_set_ifalias(changes, text.c_str());
     return 0;
   });
+}
+
+Result<void> Netlink::set_noqueue(int ifindex) {
+  struct QdiscPut {
+    void operator()(rtnl_qdisc* q) const noexcept { rtnl_qdisc_put(q); }
+  };
+  std::unique_ptr<rtnl_qdisc, QdiscPut> qdisc(rtnl_qdisc_alloc());
+  const std::string step = str("set the root qdisc of ", impl_->describe(ifindex), " to noqueue");
+  if (qdisc == nullptr) return nl_fail(step, -NLE_NOMEM);
+  rtnl_tc* tc = TC_CAST(qdisc.get());
+  rtnl_tc_set_ifindex(tc, ifindex);
+  rtnl_tc_set_parent(tc, TC_H_ROOT);
+  if (const int err = rtnl_tc_set_kind(tc, "noqueue"); err < 0) return nl_fail(step, err);
+  if (const int err = rtnl_qdisc_add(impl_->sock, qdisc.get(), NLM_F_CREATE | NLM_F_REPLACE);
+      err < 0) {
+    return nl_fail(step, err);
+  }
+  return {};
 }
 
 Result<std::vector<IfAddress>> Netlink::addresses(int ifindex) {

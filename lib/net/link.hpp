@@ -44,6 +44,9 @@ class Netlink {
   /// Enslaves to the bridge `master_ifindex`; 0 releases from any master.
   Result<void> set_master(int ifindex, int master_ifindex);
   Result<void> set_alias(int ifindex, std::string_view alias);
+  /// Makes `noqueue` the root qdisc, so that bringing the link up creates no default
+  /// qdisc. Call it while the link is down; the operator may replace it later.
+  Result<void> set_noqueue(int ifindex);
 
   /// Global-scope and site addresses of the interface (IPv6 link-local fe80::/10 is the
   /// kernel's and is left out).

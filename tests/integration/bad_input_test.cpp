@@ -26,6 +26,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "control/journal.hpp"
+#include "control/state_file.hpp"
 #include "support/harness.hpp"
 #include "sys/fd.hpp"
 #include "sys/unix_socket.hpp"
@@ -295,7 +297,17 @@ class BadInput : public ::testing::Test {
 
   Snapshot snapshot() const {
     Snapshot s;
+    // The saved state as vpd would load it; while a test keeps the journal aside
+    // (JOURNAL.aside), with that journal.
+    const std::string journal = control::journal_path(state_path());
+    auto saved = control::decode_state(read_file(state_path()));
     s.state = read_file(state_path());
+    if (saved &&
+        control::replay_journal(
+            *saved, read_file(::access((journal + ".aside").c_str(), F_OK) == 0 ? journal + ".aside"
+                                                                                : journal))) {
+      s.state = control::encode_state(*saved);
+    }
     s.list = vpd_->ctl_json({"list"});
     s.links = link_names();
     s.vp0 = without_timers(test::link_json("vp0"));
@@ -614,13 +626,16 @@ TEST_F(BadInput, requests_before_a_too_large_one_are_answered) {
 }
 
 TEST_F(BadInput, state_write_failure_undoes_the_change) {
-  // A directory where the temporary state file goes makes every save fail.
-  const std::string tmp = state_path() + ".tmp";
+  // A directory where the journal goes makes every save fail (the journal so far waits
+  // beside it).
+  const std::string tmp = control::journal_path(state_path());
+  ASSERT_EQ(::rename(tmp.c_str(), (tmp + ".aside").c_str()), 0);
   ASSERT_EQ(::mkdir(tmp.c_str(), 0700), 0);
   refuse({"vp0", "mtu=9000", "down"}, "state-write-failed");
   refuse({"vp7", "create"}, "state-write-failed");
   refuse({"vp1", "destroy"}, "state-write-failed");
   ASSERT_EQ(::rmdir(tmp.c_str()), 0);
+  ASSERT_EQ(::rename((tmp + ".aside").c_str(), tmp.c_str()), 0);
   test::Run r = vpd_->ctl({"vp0", "mtu=9000"});
   EXPECT_EQ(r.status, 0) << r.err;
   const json vp0 = test::link_json("vp0");
@@ -785,7 +800,9 @@ TEST_F(BadInput, hundred_parallel_clients_all_succeed) {
   for (const auto& n : expected) {
     EXPECT_TRUE(std::binary_search(links.begin(), links.end(), n)) << n << " has no TAP";
   }
-  json state = json::parse(read_file(state_path()), nullptr, false);
+  auto saved = control::load_state(state_path());  // state.json and its journal
+  ASSERT_TRUE(saved) << saved.error().message;
+  json state = json::parse(control::encode_state(*saved), nullptr, false);
   ASSERT_TRUE(state.is_object());
   EXPECT_EQ(endpoint_names(state["endpoints"]), expected);
 }

@@ -533,10 +533,10 @@ TEST_F(Lifecycle, change_that_cannot_be_saved_is_undone) {
   ASSERT_EQ(vpd().start(), "");
   ASSERT_TRUE(sh("ip link add br0 address 02:bb:00:00:00:01 type bridge"));
   ok({"vp0", "create", "mac=02:00:00:00:00:01", "address=10.0.0.1/24", "up"});
-  // vpd writes state.json.tmp and renames it; a directory in its place makes every save
-  // fail, even for root.
-  const std::string tmp = state_path() + ".tmp";
-  ASSERT_TRUE(sh("mkdir " + tmp));
+  // vpd appends every change to state.json.journal; a directory in its place makes every
+  // save fail, even for root. The journal so far waits beside it.
+  const std::string tmp = control::journal_path(state_path());
+  ASSERT_TRUE(sh("mv " + tmp + " " + tmp + ".aside && mkdir " + tmp));
   const json before = snapshot();
 
   refused({"vp0", "mtu=9000", "bridge=br0", "address=10.0.0.2/24", "-tso4", "down"},
@@ -548,7 +548,7 @@ TEST_F(Lifecycle, change_that_cannot_be_saved_is_undone) {
   refused({"vp0", "destroy"}, "state-write-failed");
   EXPECT_EQ(snapshot(), before);
 
-  ASSERT_TRUE(sh("rmdir " + tmp));
+  ASSERT_TRUE(sh("rmdir " + tmp + " && mv " + tmp + ".aside " + tmp));
   ok({"vp0", "mtu=9000"});
   EXPECT_EQ(link_json("vp0").value("mtu", 0), 9000);
   EXPECT_EQ(state_json()["endpoints"][0]["mtu"], 9000);

@@ -32,6 +32,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "control/journal.hpp"
 #include "support/harness.hpp"
 #include "sys/fd.hpp"
 #include "sys/unix_socket.hpp"
@@ -255,6 +256,10 @@ class Service : public ::testing::Test {
   }
 
   std::string state_path() const { return vpd_->state_dir() + "/state.json"; }
+  /// What vpd saved: state.json's bytes and its journal's.
+  std::string saved_bytes() const {
+    return read_file(state_path()) + read_file(control::journal_path(state_path()));
+  }
 
   test::TempDir dir_;
   std::unique_ptr<test::Vpd> vpd_;
@@ -528,7 +533,7 @@ TEST_F(Service, own_socket_with_group_vpd_is_for_the_group) {
 TEST_F(Service, second_vpd_with_the_same_state_dir_is_refused) {
   ASSERT_EQ(vpd_->start(), "");
   ASSERT_EQ(vpd_->ctl({"vp0", "create"}).status, 0);
-  const std::string state = read_file(state_path());
+  const std::string state = saved_bytes();
   struct stat before {};
   ASSERT_EQ(::stat(vpd_->socket().c_str(), &before), 0);
 
@@ -550,7 +555,7 @@ TEST_F(Service, second_vpd_with_the_same_state_dir_is_refused) {
   struct stat after {};
   ASSERT_EQ(::stat(vpd_->socket().c_str(), &after), 0);
   EXPECT_EQ(after.st_ino, before.st_ino);
-  EXPECT_EQ(read_file(state_path()), state);
+  EXPECT_EQ(saved_bytes(), state);
   r = vpd_->ctl({"vp1", "create"});
   EXPECT_EQ(r.status, 0) << r.err;
 }

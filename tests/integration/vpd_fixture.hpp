@@ -20,6 +20,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "control/journal.hpp"
+#include "control/state_file.hpp"
 #include "support/ethtool.hpp"
 #include "support/harness.hpp"
 
@@ -104,8 +106,17 @@ class VpdFixture : public ::testing::Test {
   Vpd& vpd() { return *vpd_; }
   std::string path(const std::string& name) const { return dir_->path() + "/" + name; }
   std::string state_path() const { return vpd_->state_dir() + "/state.json"; }
-  /// state.json's bytes, "<absent>" when there is none.
-  std::string state_text() const { return read_text(state_path()).value_or("<absent>"); }
+  /// The saved state as vpd would load it (state.json with its journal's changes applied,
+  /// in state.json's format); state.json's bytes when it does not load, "<absent>" when
+  /// nothing is saved.
+  std::string state_text() const {
+    const auto snapshot = read_text(state_path());
+    const auto journal = read_text(control::journal_path(state_path()));
+    if (!snapshot && !journal) return "<absent>";
+    auto saved = control::load_state(state_path());
+    if (!saved) return snapshot.value_or("<absent>");
+    return control::encode_state(*saved);
+  }
   json state_json() const { return json::parse(state_text(), nullptr, false); }
 
   void write_config(const std::string& text) { write_text(vpd_->config_path(), text); }
