@@ -44,15 +44,17 @@ struct SocketPair {
 };
 
 /// An Ethernet frame of `size` bytes from `src`, numbered `seq` (byte 14) for ordering checks.
+/// A runt (`size` under 14) is the first `size` bytes of such a frame.
 std::vector<std::byte> ether(size_t size, uint8_t seq = 0, std::array<uint8_t, 6> src = kGuestMac) {
-  std::vector<std::byte> f(size, std::byte{0x5a});
+  std::vector<std::byte> f(std::max<size_t>(size, 15), std::byte{0x5a});
   for (size_t i = 0; i < 6; ++i) {
     f[i] = std::byte{0xff};
     f[6 + i] = std::byte{src[i]};
   }
   f[12] = std::byte{0x08};
   f[13] = std::byte{0x00};
-  if (size > 14) f[14] = std::byte{seq};
+  f[14] = std::byte{seq};
+  f.resize(size);
   return f;
 }
 
