@@ -68,9 +68,15 @@ struct Ring {
   }
   std::byte* host(uint64_t gpa) { return ram.get() + (gpa - kRamGpa); }
   template <class T>
-  void put(uint64_t gpa, T v) { std::memcpy(host(gpa), &v, sizeof v); }
+  void put(uint64_t gpa, T v) {
+    std::memcpy(host(gpa), &v, sizeof v);
+  }
   template <class T>
-  T get(uint64_t gpa) { T v; std::memcpy(&v, host(gpa), sizeof v); return v; }
+  T get(uint64_t gpa) {
+    T v;
+    std::memcpy(&v, host(gpa), sizeof v);
+    return v;
+  }
 
   // One chain of elements at consecutive data addresses; returns false when full.
   bool add(const std::vector<uint32_t>& lens, bool write) {
