@@ -80,6 +80,7 @@
 #include "net/mac.hpp"
 #include "net/offloads.hpp"
 #include "net/tap.hpp"
+#include "support/testpmd.hpp"
 #include "support/vhost_frontend.hpp"
 #include "sys/fd.hpp"
 #include "sys/str.hpp"
@@ -556,88 +557,21 @@ class VpdProcess {
 
 // --- dpdk-testpmd ---------------------------------------------------------------------------
 
-std::string find_in_path(const std::string& name) {
-  const char* path = std::getenv("PATH");
-  std::istringstream dirs(path != nullptr ? path : "/usr/sbin:/usr/bin:/sbin:/bin");
-  for (std::string dir; std::getline(dirs, dir, ':');) {
-    const std::string candidate = dir + "/" + name;
-    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
-  }
-  return "";
-}
-
-/// One dpdk-testpmd in interactive mode on one core, its commands written to its stdin, its
-/// output (unbuffered by stdbuf -o0: testpmd prints with stdio) in a file. Without hugepages
-/// (--no-huge -m 512), no PCI scan, its own --file-prefix. Killed, and its EAL runtime
-/// directory removed, when it goes out of scope.
+/// One dpdk-testpmd (tests/support/testpmd) in interactive mode on one core, for the bench:
+/// any failure of it is fatal.
 class Testpmd {
  public:
-  Testpmd() = default;
-  Testpmd(const Testpmd&) = delete;
-  Testpmd& operator=(const Testpmd&) = delete;
-  ~Testpmd() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    if (!prefix_.empty()) {
-      std::error_code ignored;
-      std::filesystem::remove_all("/var/run/dpdk/" + prefix_, ignored);
-    }
-  }
-
-  pid_t pid() const { return pid_; }
+  pid_t pid() const { return t_.pid(); }
 
   /// Starts it with `vdevs` and testpmd's own `args`, all its threads on `cpu`, and waits for
   /// its prompt.
   void start(int cpu, const std::vector<std::string>& vdevs, const std::vector<std::string>& args,
              const std::string& log_path) {
-    const std::string binary = find_in_path("dpdk-testpmd");
-    if (binary.empty())
-      fatal("dpdk-testpmd is not installed (Debian 12: apt-get install dpdk-dev)");
-    const std::string stdbuf = find_in_path("stdbuf");
-    if (stdbuf.empty()) fatal("stdbuf (coreutils) is not installed");
-    static int runs = 0;
-    prefix_ = str("vpd-bench-", ::getpid(), "-", ++runs);
-    log_path_ = log_path;
     // testpmd wants a forwarding lcore besides its main one ("-l N" alone: "No cores defined
     // for forwarding"): two lcores, both on the one cpu. The main lcore only reads stdin.
-    std::vector<std::string> argv = {stdbuf,
-                                     "-o0",
-                                     binary,
-                                     "--lcores",
-                                     str("0@", cpu, ",1@", cpu),
-                                     "--no-huge",
-                                     "-m",
-                                     "512",
-                                     "--no-pci",
-                                     "--single-file-segments",
-                                     "--file-prefix=" + prefix_};
-    for (const auto& v : vdevs) argv.insert(argv.end(), {"--vdev", v});
-    argv.insert(argv.end(), {"--", "-i", "--burst=32", "--total-num-mbufs=16384"});
-    argv.insert(argv.end(), args.begin(), args.end());
-    // The previous run's output (same path) must not answer the wait for the prompt below.
-    ::unlink(log_path.c_str());
-    int in[2];
-    if (::pipe2(in, O_CLOEXEC) != 0) fatal_errno("pipe2");
-    const pid_t parent = ::getpid();
-    const pid_t pid = ::fork();
-    if (pid < 0) fatal_errno("fork testpmd");
-    if (pid == 0) {
-      if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent) ::_exit(126);
-      const int out = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-      if (out < 0 || ::dup2(in[0], 0) < 0 || ::dup2(out, 1) < 0 || ::dup2(out, 2) < 0) {
-        ::_exit(126);
-      }
-      std::vector<char*> a;
-      for (auto& x : argv) a.push_back(x.data());
-      a.push_back(nullptr);
-      ::execv(a[0], a.data());
-      ::_exit(127);
-    }
-    ::close(in[0]);
-    stdin_ = Fd(in[1]);
-    pid_ = pid;
+    const std::string why =
+        t_.start(str("0@", cpu, ",1@", cpu), vdevs, args, log_path, "vpd-bench");
+    if (!why.empty()) fatal(why);
     // EAL start-up alone can take seconds on a busy machine.
     if (!wait_output("testpmd> ", 1, std::chrono::seconds(30))) {
       fatal(str("dpdk-testpmd gave no prompt within 30 s:\n", log()));
@@ -645,45 +579,21 @@ class Testpmd {
   }
 
   void command(const std::string& line) {
-    const std::string text = line + "\n";
-    if (::write(stdin_.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
-      fatal(str("dpdk-testpmd exited:\n", log()));
-    }
+    if (!t_.command(line)) fatal(str("dpdk-testpmd exited:\n", log()));
   }
 
-  std::string log() const {
-    std::ifstream f(log_path_);
-    std::stringstream s;
-    s << f.rdbuf();
-    return s.str();
-  }
-
-  static size_t count(const std::string& text, const std::string& needle) {
-    size_t n = 0;
-    for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) {
-      ++n;
-    }
-    return n;
-  }
+  std::string log() const { return t_.log(); }
 
   bool wait_output(const std::string& needle, size_t n, std::chrono::milliseconds timeout) {
-    const auto deadline = Clock::now() + timeout;
-    while (count(log(), needle) < n) {
-      if (Clock::now() >= deadline) return false;
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        fatal(str("dpdk-testpmd exited:\n", log()));
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    return true;
+    const bool seen = t_.wait_output(needle, n, timeout);
+    if (!seen && t_.exited()) fatal(str("dpdk-testpmd exited:\n", log()));
+    return seen;
   }
 
   /// RX-packets and TX-packets of `port` (show port stats).
   std::pair<uint64_t, uint64_t> port_packets(int port) {
     const std::string head = str("NIC statistics for port ", port);
-    const size_t before = count(log(), head);
+    const size_t before = test::Testpmd::count(log(), head);
     command(str("show port stats ", port));
     if (!wait_output(head, before + 1, std::chrono::seconds(10))) {
       fatal(str("dpdk-testpmd printed no port stats:\n", log()));
@@ -703,30 +613,11 @@ class Testpmd {
     fatal(str("dpdk-testpmd's port stats were cut short:\n", log()));
   }
 
-  /// quit, then SIGKILL if it has not exited within 5 s.
-  void quit() {
-    if (pid_ <= 0) return;
-    const std::string text = "stop\nquit\n";
-    (void)!::write(stdin_.get(), text.data(), text.size());
-    stdin_.reset();
-    const auto deadline = Clock::now() + std::chrono::seconds(5);
-    int status = 0;
-    while (::waitpid(pid_, &status, WNOHANG) == 0) {
-      if (Clock::now() > deadline) {
-        ::kill(pid_, SIGKILL);
-        ::waitpid(pid_, &status, 0);
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    pid_ = -1;
-  }
+  /// stop and quit, then SIGKILL if it has not exited within 5 s.
+  void quit() { (void)t_.quit(std::chrono::seconds(5), "stop\nquit\n"); }
 
  private:
-  pid_t pid_ = -1;
-  Fd stdin_;
-  std::string prefix_;
-  std::string log_path_;
+  test::Testpmd t_;
 };
 
 std::map<std::string, uint64_t> operator-(std::map<std::string, uint64_t> a,

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "integration/vpd_fixture.hpp"
+#include "support/testpmd.hpp"
 #include "sys/fd.hpp"
 
 namespace vp::test {
@@ -49,19 +50,6 @@ constexpr milliseconds kStartTimeout{20000};
 // Each direction's traffic, when it flows, takes well under a second; a ring that stalls
 // fails after this.
 constexpr milliseconds kTrafficTimeout{8000};
-
-std::string find_in_path(const std::string& name) {
-  const char* path = std::getenv("PATH");
-  std::string dirs = path != nullptr ? path : "/usr/bin:/bin";
-  size_t at = 0;
-  while (at <= dirs.size()) {
-    const size_t end = std::min(dirs.find(':', at), dirs.size());
-    const std::string candidate = dirs.substr(at, end - at) + "/" + name;
-    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
-    at = end + 1;
-  }
-  return "";
-}
 
 bool wait_until(const std::function<bool()>& done, milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
@@ -101,131 +89,18 @@ std::vector<uint64_t> numbers_after(const std::string& text, const std::string& 
   return out;
 }
 
-/// One dpdk-testpmd in interactive mode, its commands written to its stdin, its output in a
-/// file. Killed (and its EAL runtime files removed) when it goes out of scope.
-class Testpmd {
- public:
-  Testpmd() = default;
-  Testpmd(const Testpmd&) = delete;
-  Testpmd& operator=(const Testpmd&) = delete;
-  ~Testpmd() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    if (!prefix_.empty()) {
-      std::error_code ignored;
-      std::filesystem::remove_all("/var/run/dpdk/" + prefix_, ignored);
-    }
-  }
-
-  /// Starts testpmd as the driver of the vhost-user socket `socket`. "" or why not.
-  std::string start(const std::string& socket, bool packed, uint32_t queues,
-                    bool in_order_without_mrg_rxbuf, const std::string& log_path) {
-    const std::string binary = find_in_path("dpdk-testpmd");
-    if (binary.empty())
-      return "dpdk-testpmd is not installed (Debian 12: apt-get install dpdk-dev)";
-    // testpmd prints its statistics with stdio, fully buffered into a file: unbuffer it.
-    const std::string stdbuf = find_in_path("stdbuf");
-    if (stdbuf.empty()) return "stdbuf (coreutils) is not installed";
-    static int runs = 0;
-    prefix_ = "vpd-test-" + std::to_string(::getpid()) + "-" + std::to_string(++runs);
-    log_path_ = log_path;
-    std::string vdev = "net_virtio_user0,path=" + socket +
-                       ",queue_size=" + std::to_string(kQueueSize) +
-                       ",queues=" + std::to_string(queues);
-    if (packed) vdev += ",packed_vq=1";
-    if (in_order_without_mrg_rxbuf) vdev += ",in_order=1,mrg_rxbuf=0";
-    const std::string q = std::to_string(queues);
-    const std::vector<std::string> args = {stdbuf,
-                                           "-o0",
-                                           binary,
-                                           "-l",
-                                           "0,1",
-                                           "--no-huge",
-                                           "-m",
-                                           "512",
-                                           "--no-pci",
-                                           "--single-file-segments",
-                                           "--file-prefix=" + prefix_,
-                                           "--vdev",
-                                           vdev,
-                                           "--",
-                                           "-i",
-                                           "--txpkts=64",
-                                           "--burst=32",
-                                           "--total-num-mbufs=16384",
-                                           "--rxq=" + q,
-                                           "--txq=" + q};
-    int in[2];
-    if (::pipe2(in, O_CLOEXEC) != 0) return "pipe2 failed";
-    const pid_t pid = ::fork();
-    if (pid < 0) return "fork failed";
-    if (pid == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a crashed test
-      const int out = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-      if (out < 0 || ::dup2(in[0], 0) < 0 || ::dup2(out, 1) < 0 || ::dup2(out, 2) < 0) _exit(126);
-      std::vector<char*> argv;
-      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      _exit(127);
-    }
-    ::close(in[0]);
-    stdin_ = Fd(in[1]);
-    pid_ = pid;
-    return "";
-  }
-
-  /// Writes one command line to its prompt.
-  bool command(const std::string& line) {
-    const std::string text = line + "\n";
-    return ::write(stdin_.get(), text.data(), text.size()) == static_cast<ssize_t>(text.size());
-  }
-
-  std::string log() const { return read_text(log_path_).value_or(""); }
-
-  /// Waits until `needle` has appeared `count` times in its output.
-  bool wait_output(const std::string& needle, size_t count, milliseconds timeout) {
-    return wait_until(
-        [&] {
-          const std::string text = log();
-          size_t n = 0;
-          for (size_t at = text.find(needle); at != std::string::npos;
-               at = text.find(needle, at + 1)) {
-            ++n;
-          }
-          return n >= count;
-        },
-        timeout);
-  }
-
-  /// quit, then waits for the exit (SIGKILL after `timeout`). Its exit status.
-  int quit(milliseconds timeout) {
-    command("quit");
-    stdin_.reset();
-    int status = 0;
-    const auto deadline = Clock::now() + timeout;
-    while (Clock::now() < deadline) {
-      const pid_t done = ::waitpid(pid_, &status, WNOHANG);
-      if (done == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(milliseconds(20));
-    }
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return 128 + SIGKILL;
-  }
-
- private:
-  pid_t pid_ = -1;
-  Fd stdin_;
-  std::string prefix_;
-  std::string log_path_;
-};
+/// Starts `t` as the driver of the vhost-user socket `socket` (two lcores, one per cpu). ""
+/// or why not.
+std::string start_testpmd(Testpmd& t, const std::string& socket, bool packed, uint32_t queues,
+                          bool in_order_without_mrg_rxbuf, const std::string& log_path) {
+  std::string vdev = "net_virtio_user0,path=" + socket +
+                     ",queue_size=" + std::to_string(kQueueSize) +
+                     ",queues=" + std::to_string(queues);
+  if (packed) vdev += ",packed_vq=1";
+  if (in_order_without_mrg_rxbuf) vdev += ",in_order=1,mrg_rxbuf=0";
+  const std::string q = std::to_string(queues);
+  return t.start("0,1", {vdev}, {"--txpkts=64", "--rxq=" + q, "--txq=" + q}, log_path, "vpd-test");
+}
 
 /// A UDP/IPv4 broadcast frame (60 bytes) of flow `flow`: the source port varies, so that the
 /// TAP spreads the frames over its queues.
@@ -297,8 +172,8 @@ TEST_P(DpdkVirtioUser, frames_cross_both_ways_for_ten_rings_per_queue) {
   const std::string socket = vpd().runtime_dir() + "/vp0.sock";
 
   testpmd_ = std::make_unique<Testpmd>();
-  ASSERT_EQ(testpmd_->start(socket, c.packed, c.queues, c.in_order_without_mrg_rxbuf,
-                            path("testpmd.log")),
+  ASSERT_EQ(start_testpmd(*testpmd_, socket, c.packed, c.queues, c.in_order_without_mrg_rxbuf,
+                          path("testpmd.log")),
             "");
   const uint64_t rings = 2 * c.queues;
   ASSERT_TRUE(wait_until(
