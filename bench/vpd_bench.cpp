@@ -1167,15 +1167,18 @@ void Bench::setup() {
   if (net::tun_offload_names(*applied) != offloads_) {
     fatal(str("bench0 got offloads ", net::tun_offload_names(*applied), ", vp0 has ", offloads_));
   }
+  auto b0 = nl->find_link("bench0");
+  if (!b0 || !*b0) fatal("no bench0");
+  base_mac_ = (*b0)->mac;
+  base_ifindex_ = (*b0)->ifindex;
+  // vpd gives the TAPs it creates the noqueue qdisc; so does the baseline, or the loop would
+  // pay for a pfifo_fast that vp0 does not have.
+  if (auto ok = nl->set_noqueue(base_ifindex_); !ok) fatal(ok.error().message);
   must({"ip", "link", "set", "bench0", "up"});
   must({"ip", "addr", "add", "10.96.0.1/24", "dev", "bench0"});
   must({"ip", "route", "add", "blackhole", "10.96.1.0/24"});
   must({"ip", "neigh", "replace", "10.96.0.2", "lladdr", guest_mac_.to_string(), "dev", "bench0",
         "nud", "permanent"});
-  auto b0 = nl->find_link("bench0");
-  if (!b0 || !*b0) fatal("no bench0");
-  base_mac_ = (*b0)->mac;
-  base_ifindex_ = (*b0)->ifindex;
 
   // RX buffers: the whole ring, as a guest driver fills it at start.
   for (uint32_t i = 0; i < o_.ring; ++i) {
