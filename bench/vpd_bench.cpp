@@ -1172,7 +1172,7 @@ void Bench::setup() {
   base_mac_ = (*b0)->mac;
   base_ifindex_ = (*b0)->ifindex;
   // vpd gives the TAPs it creates the noqueue qdisc; so does the baseline, or the loop would
-  // pay for a pfifo_fast that vp0 does not have.
+  // pay for a default qdisc that vp0 does not have.
   if (auto ok = nl->set_noqueue(base_ifindex_); !ok) fatal(ok.error().message);
   must({"ip", "link", "set", "bench0", "up"});
   must({"ip", "addr", "add", "10.96.0.1/24", "dev", "bench0"});
