@@ -165,7 +165,8 @@ void VhostUserPort::on_queue_stopped(uint32_t index) {
   running = false;
   if (is_rx(index)) {
     pair.rx_pending = pair.rx_paused = false;
-    pair.rx_hold.len = 0;  // a frame for a ring that stopped: its guest may never take it
+    pair.rx_hold.len = 0;     // a frame for a ring that stopped: its guest may never take it
+    pair.rx_hold.expect = 0;  // the next session learns its own frame sizes
   } else {
     pair.tx_pending = pair.tx_blocked = false;
   }

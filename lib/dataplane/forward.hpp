@@ -104,6 +104,13 @@ class RxHold {
   std::span<std::byte> buffer() noexcept { return {buffer_.get(), kCapacity}; }
   /// Bytes held (virtio header included); 0 when nothing is held.
   uint32_t len = 0;
+  /// How many bytes (virtio header included) the next read should have guest buffers for:
+  /// the size of recent frames, rising at once to a larger frame and sinking slowly towards
+  /// smaller ones (forward_rx keeps it). A frame larger than that overflows into the hold and
+  /// is delivered from there, so a stream of small frames reads into one guest buffer (a
+  /// two-element readv) instead of buffers for a 64 KB frame. 0: not learnt yet, cover the
+  /// largest frame.
+  uint32_t expect = 0;
 
  private:
   std::unique_ptr<std::byte[]> buffer_;

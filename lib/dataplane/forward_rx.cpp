@@ -21,6 +21,9 @@
 // shorter than the virtio header fails with EINVAL and drops the frame too. So:
 //  - buffers are popped ahead until they cover hdr_len + max_rx_frame (MRG_RXBUF) or one
 //    chain (without it), and kept across frames of one call (a pool in the scratch array);
+//    with MRG_RXBUF and a hold, only until they cover the size of recent frames
+//    (RxHold::expect): a larger frame overflows into the hold, as below, and costs one copy
+//    more, while a stream of 64-byte frames reads into one guest buffer, not seventeen;
 //  - when the ring runs dry before the pool covers that (the guest is refilling), the read
 //    still goes ahead — small frames must not wait — but overflows into the queue's RxHold
 //    instead of the probe: a frame that did not fit is kept there and delivered first once
@@ -39,6 +42,10 @@ namespace {
 // a chain with more elements than the space left would be given back by the queue as over
 // capacity (length 0), which wastes a guest buffer.
 constexpr uint32_t kMinTailIovecs = 64;
+
+// The least a read with a hold covers: a full-size frame of a 1500-byte MTU with a VLAN tag,
+// so ordinary traffic never takes the overflow path.
+constexpr uint32_t kMinExpectedFrame = 1522;
 
 bool tap_readable(int fd) noexcept {
   pollfd p{fd, POLLIN, 0};
@@ -69,9 +76,29 @@ class RxRun {
   uint32_t pool_count() const noexcept { return buf_end_ - buf_begin_; }
   /// Bytes of the frame kept in the hold, 0 if none.
   uint32_t held() const noexcept { return hold_ != nullptr ? hold_->len : 0; }
+  /// Bytes a read must have buffers for: the largest frame, or with a hold what recent
+  /// frames needed (never more than the largest).
+  uint64_t read_target() const noexcept {
+    const uint64_t largest = uint64_t{s_.hdr_len} + s_.max_rx_frame;
+    if (hold_ == nullptr || hold_->expect == 0) return largest;
+    return std::min<uint64_t>(largest, hold_->expect);
+  }
   bool pool_covers() const noexcept {
     if (!s_.mrg_rxbuf) return pool_count() != 0;
-    return pool_bytes_ >= (held() != 0 ? held() : uint64_t{s_.hdr_len} + s_.max_rx_frame);
+    return pool_bytes_ >= (held() != 0 ? held() : read_target());
+  }
+  /// A frame of n bytes (header included) arrived: up to it at once, down towards it by an
+  /// eighth of the gap per frame.
+  void learn(uint32_t n) noexcept {
+    if (hold_ == nullptr) return;
+    const uint32_t floor = s_.hdr_len + kMinExpectedFrame;
+    const uint32_t want = std::max(n, floor);
+    uint32_t& e = hold_->expect;
+    if (e == 0 || want >= e) {
+      e = want;
+    } else {
+      e -= std::max<uint32_t>((e - want) >> 3, 1);
+    }
   }
   /// True when the pool holds every slot of the ring: the guest cannot add a buffer before
   /// some are used.
@@ -283,7 +310,8 @@ ForwardResult RxRun<Q>::run(int call_fd) noexcept {
     }
     // The pool's elements, then where an overflow goes: the hold while the guest is still
     // refilling (mergeable buffers), else the probe (a frame that reaches it did not fit).
-    const bool keep_overflow = hold_ != nullptr && ring_dry;
+    const bool keep_overflow =
+        hold_ != nullptr && (ring_dry || pool_bytes_ < uint64_t{s_.hdr_len} + s_.max_rx_frame);
     iov_[iov_end_] = keep_overflow ? iovec{hold_->buffer().data(), RxHold::kCapacity}
                                    : iovec{probe_.data(), probe_.size()};
     const ssize_t n =
@@ -304,6 +332,7 @@ ForwardResult RxRun<Q>::run(int call_fd) noexcept {
       break;
     }
     ++reads;
+    learn(static_cast<uint32_t>(n));
     if (static_cast<uint64_t>(n) > pool_bytes_) {
       // GUEST: at most the hold's capacity arrives past the pool.
       if (keep_overflow && static_cast<std::size_t>(n) <= RxHold::kCapacity) {

@@ -480,6 +480,56 @@ TYPED_TEST(DataplaneRx, mergeable_small_frames_flow_while_the_guest_refills) {
   EXPECT_EQ(this->counters_.rx_frames_held, 0u);
 }
 
+// With a hold, a read needs guest buffers only for the size of recent frames (at least a
+// full 1522-byte frame): after small frames, a 64 KB frame overflows into the hold and is
+// delivered whole from there; from then on reads cover it again, until a long run of small
+// frames brings the size back down.
+TYPED_TEST(DataplaneRx, mergeable_reads_are_sized_to_recent_frames) {
+  this->start(kVersion1 | kFeatureMrgRxbuf);
+  for (int i = 0; i < 250; ++i) this->offer(4096);
+  EXPECT_EQ(this->hold_.expect, 0u) << "nothing learnt: cover the largest frame";
+
+  this->tap_.send(tap_message(12, 50));
+  EXPECT_EQ(this->forward().frames, 1u);
+  EXPECT_EQ(this->hold_.expect, 12u + 1522u);
+  EXPECT_EQ(this->ring_->take_all_used(), (std::vector<UsedElem>{{0, 62}}));
+
+  // The first large frame after small ones: read into one buffer and the hold, then
+  // delivered from the hold into 16 buffers, unchanged.
+  const Bytes big = tap_message(12, 65000, 7);
+  this->tap_.send(big);
+  EXPECT_EQ(this->forward().frames, 1u);
+  EXPECT_EQ(this->counters_.rx_frames_held, 1u);
+  EXPECT_EQ(this->hold_.len, 0u);
+  EXPECT_EQ(this->hold_.expect, big.size());
+  std::vector<UsedElem> used = this->ring_->take_all_used();
+  ASSERT_EQ(used.size(), 16u);  // 65012 bytes in 4096-byte buffers
+  Bytes got;
+  for (const UsedElem& u : used) got = test::concat(got, this->buffer(u.id, u.len));
+  Bytes want = big;
+  want[10] = std::byte{16};  // num_buffers
+  EXPECT_EQ(got, want);
+
+  // The next one is read straight into guest buffers.
+  this->tap_.send(tap_message(12, 65000, 8));
+  EXPECT_EQ(this->forward().frames, 1u);
+  EXPECT_EQ(this->counters_.rx_frames_held, 1u);
+  EXPECT_EQ(this->ring_->take_all_used().size(), 16u);
+
+  // A small frame lowers the size by an eighth of the gap, not at once.
+  this->tap_.send(tap_message(12, 50, 9));
+  EXPECT_EQ(this->forward().frames, 1u);
+  EXPECT_EQ(this->hold_.expect, 65012u - (65012u - 1534u) / 8);
+  // After enough of them it is back at a full-size frame.
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < 50; ++i) this->tap_.send(tap_message(12, 50, i));
+    EXPECT_EQ(this->forward().frames, 50u);
+  }
+  EXPECT_EQ(this->hold_.expect, 12u + 1522u);
+  EXPECT_EQ(this->counters_.rx_packets, 104u);
+  EXPECT_EQ(this->counters_.rx_dropped_too_big, 0u);
+}
+
 // Without a hold (a caller that has none), such a frame is dropped and counted, as tun would.
 TYPED_TEST(DataplaneRx, mergeable_frame_larger_than_the_pool_without_a_hold_is_dropped) {
   this->start(kVersion1 | kFeatureMrgRxbuf);
