@@ -108,6 +108,13 @@ std::vector<Step> Registry::link_steps(Endpoint& e, const EndpointConfig& want, 
                                      str("bridge ", want.bridge, " does not exist"));
                        }
                        master = (*bridge)->ifindex;
+                     } else if (now.master_ifindex != 0) {
+                       // vpd manages bridge membership only: a master of another kind
+                       // (Open vSwitch's ovs-system, a bond, a VRF) was someone else's
+                       // choice, and stays.
+                       auto current = netlink_.find_link(now.master_ifindex);
+                       if (!current) return std::unexpected(current.error());
+                       if (*current && (*current)->kind != "bridge") return {};
                      }
                      if (now.master_ifindex == master) return {};
                      return netlink_.set_master(ifindex, master);
