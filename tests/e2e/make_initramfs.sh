@@ -18,7 +18,7 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,sbin,proc,sys,dev,lib/modules,tmp}
 cp "$busybox" "$root/bin/busybox"
-for tool in sh mount insmod ip ping sleep cat echo poweroff grep sed seq ifconfig; do
+for tool in sh mount insmod ip ping sleep cat echo poweroff grep sed seq ifconfig udhcpc; do
   ln -s busybox "$root/bin/$tool"
 done
 
@@ -39,9 +39,25 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
   echo "$m" >> "$root/lib/modules/order"
 done
 
+# udhcpc's script: on a lease, the address and the default route; one console line.
+cat > "$root/bin/vp-dhcp" <<'DHCP'
+#!/bin/sh
+case "$1" in
+  deconfig) ip addr flush dev "$interface" ;;
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
+    echo "VP-E2E-DHCP: $ip/$mask router ${router%% *} lease $lease"
+    ;;
+esac
+exit 0
+DHCP
+chmod +x "$root/bin/vp-dhcp"
+
 cat > "$root/init" <<'INIT'
 #!/bin/sh
-# Kernel command line: vp.ip=A/N vp.peer=ADDR [vp.count=N] [vp.wait=SECONDS]
+# Kernel command line: vp.ip=A/N|dhcp vp.peer=ADDR [vp.count=N] [vp.wait=SECONDS]
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
@@ -57,7 +73,12 @@ for arg in $(cat /proc/cmdline); do
 done
 ip link set lo up
 ip link set eth0 up
-ip addr add "$ip" dev eth0
+if [ "$ip" = dhcp ]; then
+  # A lease through vpd and the bridge, or a result line that says there was none.
+  udhcpc -i eth0 -s /bin/vp-dhcp -n -q -t 10 -T 2 -A 1 || echo "VP-E2E-DHCP: no lease"
+else
+  ip addr add "$ip" dev eth0
+fi
 echo "VP-E2E: eth0 $(cat /sys/class/net/eth0/address) $ip, pinging $peer"
 ok=0
 for i in $(seq 1 "$wait"); do
