@@ -135,6 +135,9 @@ std::string format_show(const json& e) {
        text(s, "vnet_hdr_len") + " bytes" + (e.value("legacy", false) ? " (legacy)" : "")},
       {"toggles", toggles_line(e)},
       {"priority", text(e, "priority")},
+      {"rx rate", text(e, "rx_rate", "").empty()
+                      ? "unlimited"
+                      : text(e, "rx_rate") + " host→guest (tbf qdisc on the TAP)"},
       {"guest", text(s, "guest")},
       {"guest mac",
        text(s, "guest_mac") +

@@ -31,7 +31,7 @@ Result<void> Registry::realise(Endpoint& e, const EndpointConfig* before,
   LinkState link;
   // Each list is planned once the one before has run: the link steps need the link, and
   // which addresses to add or remove depends on what the kernel has after the link steps.
-  if (runner.run(tap_steps(e, want, link)) && runner.run(link_steps(e, want, link))) {
+  if (runner.run(tap_steps(e, want, link)) && runner.run(link_steps(e, before, want, link))) {
     runner.run(address_steps(e, before, want, link));
   }
   if (problems)
@@ -86,7 +86,8 @@ std::vector<Step> Registry::tap_steps(Endpoint& e, const EndpointConfig& want, L
   return steps;
 }
 
-std::vector<Step> Registry::link_steps(Endpoint& e, const EndpointConfig& want, LinkState& link) {
+std::vector<Step> Registry::link_steps(Endpoint& e, const EndpointConfig* before,
+                                       const EndpointConfig& want, LinkState& link) {
   const int ifindex = e.ifindex;
   const net::LinkInfo& now = link.now;
   std::vector<Step> steps;
@@ -97,6 +98,24 @@ std::vector<Step> Registry::link_steps(Endpoint& e, const EndpointConfig& want, 
   steps.push_back({"mtu", false, [this, ifindex, &now, &want]() -> Result<void> {
                      if (now.mtu == want.mtu) return {};
                      return netlink_.set_mtu(ifindex, want.mtu);
+                   }});
+  // rx-rate=: vpd owns the TAP's root qdisc only while it is set. Set, it is (re)applied on
+  // restore and when it changed (replacing a tbf drops what it queued, so not on every
+  // change); cleared, the TAP gets back the noqueue root vpd gives it at creation.
+  steps.push_back({"rx-rate", false, [this, ifindex, before, &want]() -> Result<void> {
+                     const uint64_t was = before ? before->rx_rate : 0;
+                     if (want.rx_rate != 0 && (before == nullptr || was != want.rx_rate)) {
+                       const uint64_t bytes = want.rx_rate / 8;
+                       // A bucket of 10 ms at the rate, and never less than four full
+                       // frames: tbf drops a frame larger than its bucket (a GSO frame it
+                       // splits into segments of the MTU first).
+                       const uint64_t frame = uint64_t{want.mtu} + 18;
+                       const auto burst = static_cast<uint32_t>(
+                           std::clamp<uint64_t>(bytes / 100, 4 * frame, 64u << 20));
+                       return netlink_.set_tbf(ifindex, bytes, burst, 50'000);
+                     }
+                     if (want.rx_rate == 0 && was != 0) return netlink_.set_noqueue(ifindex);
+                     return {};
                    }});
   steps.push_back({"bridge", false, [this, ifindex, &now, &want]() -> Result<void> {
                      int master = 0;

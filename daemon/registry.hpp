@@ -85,7 +85,8 @@ class Registry {
   /// realise()'s steps: the TAP and its link; then MAC, MTU, bridge, down; then the
   /// addresses (planned from what the kernel has), up and the data plane.
   std::vector<Step> tap_steps(Endpoint& e, const control::EndpointConfig& want, LinkState& link);
-  std::vector<Step> link_steps(Endpoint& e, const control::EndpointConfig& want, LinkState& link);
+  std::vector<Step> link_steps(Endpoint& e, const control::EndpointConfig* before,
+                               const control::EndpointConfig& want, LinkState& link);
   std::vector<Step> address_steps(Endpoint& e, const control::EndpointConfig* before,
                                   const control::EndpointConfig& want, const LinkState& link);
   /// Hands the endpoint's guest side to the data plane when it has none yet or a setting

@@ -44,6 +44,49 @@ std::string peerfeats_text(std::optional<uint64_t> peerfeats) {
   return buf;
 }
 
+Result<uint64_t> parse_rate(std::string_view key, std::string_view text) {
+  auto bad = [&](std::string_view why) -> Result<uint64_t> {
+    return fail("bad-value", str(key, "=", text, " ", why,
+                                 "; write a whole number and a unit: bit, kbit, mbit, gbit "
+                                 "(bits per second) or bps, kbps, mbps, gbps (bytes per "
+                                 "second), e.g. ",
+                                 key, "=100mbit"));
+  };
+  size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  if (digits == 0) return bad("does not start with a number");
+  if (digits > 12) return bad("is too large");
+  uint64_t n = 0;
+  for (size_t i = 0; i < digits; ++i) n = n * 10 + static_cast<uint64_t>(text[i] - '0');
+  struct Unit {
+    std::string_view name;
+    uint64_t bits;
+  };
+  static constexpr Unit kUnits[] = {
+      {"bit", 1}, {"kbit", 1'000}, {"mbit", 1'000'000}, {"gbit", 1'000'000'000},
+      {"bps", 8}, {"kbps", 8'000}, {"mbps", 8'000'000}, {"gbps", 8'000'000'000},
+  };
+  const std::string_view unit = text.substr(digits);
+  for (const Unit& u : kUnits) {
+    if (unit != u.name) continue;
+    const uint64_t bits = n * u.bits;
+    if (bits < kMinRateBits || bits > kMaxRateBits) {
+      return fail("bad-value", str(key, "=", text, " is outside ", rate_text(kMinRateBits), "-",
+                                   rate_text(kMaxRateBits)));
+    }
+    return bits;
+  }
+  return bad(unit.empty() ? "has no unit" : "has an unknown unit");
+}
+
+std::string rate_text(uint64_t bits) {
+  for (auto [unit, scale] : {std::pair{"gbit", 1'000'000'000ull}, std::pair{"mbit", 1'000'000ull},
+                             std::pair{"kbit", 1'000ull}}) {
+    if (bits >= scale && bits % scale == 0) return str(bits / scale, unit);
+  }
+  return str(bits, "bit");
+}
+
 net::Mac guest_mac_of(const EndpointConfig& c, std::string_view machine_id) {
   return c.guest_mac ? *c.guest_mac : net::stable_mac(machine_id, c.name + "/guest");
 }
@@ -97,6 +140,10 @@ Result<void> validate(const EndpointConfig& c) {
   if (c.guest_mac && *c.guest_mac == c.mac) {
     return fail("duplicate-mac", str(c.name, ": guest-mac and mac are both ", c.mac.to_string(),
                                      "; the guest and the host side need their own addresses"));
+  }
+  if (c.rx_rate != 0 && (c.rx_rate < kMinRateBits || c.rx_rate > kMaxRateBits)) {
+    return fail("bad-value", str(c.name, ": rx-rate ", c.rx_rate, " bit/s is outside ",
+                                 rate_text(kMinRateBits), "-", rate_text(kMaxRateBits)));
   }
   if (c.transport == Transport::kTap && (c.lock_mac || !c.allow.empty())) {
     return fail("conflicting-settings",

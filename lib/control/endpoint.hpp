@@ -25,6 +25,10 @@ inline constexpr uint32_t kMaxMtu = 65521;  // a TAP's max_mtu (MAX_MTU less hea
 inline constexpr int kMaxPriority = 99;     // SCHED_FIFO range; 0 = normal scheduling
 inline constexpr uint32_t kMaxQueuePairs = 16;
 inline constexpr uint32_t kDefaultSocketMode = 0660;
+/// Rate limits: at least 8 kbit/s; at most 16 Gbit/s (tbf's 32-bit bytes-per-second rate as
+/// libnl sets it).
+inline constexpr uint64_t kMinRateBits = 8'000;
+inline constexpr uint64_t kMaxRateBits = 16'000'000'000;
 
 /// Everything the operator declared about one endpoint. This is what the state file
 /// saves and what vpd makes the kernel match.
@@ -56,6 +60,8 @@ struct EndpointConfig {
   std::optional<net::Mac> guest_mac;
   /// lock-mac: frames from the guest whose source MAC is not the guest MAC are dropped.
   bool lock_mac = false;
+  /// rx-rate=: the host→guest limit, a tbf qdisc on the TAP, in bits per second; 0 = none.
+  uint64_t rx_rate = 0;
 
   bool operator==(const EndpointConfig&) const = default;
 
@@ -72,6 +78,12 @@ struct EndpointConfig {
 /// The guest NIC's MAC: guest-mac= when set, else one derived from `machine_id` and the
 /// endpoint name (locally administered, the same on every restart).
 net::Mac guest_mac_of(const EndpointConfig& config, std::string_view machine_id);
+
+/// A rate as typed: a whole number and a unit, bit kbit mbit gbit (bits per second) or
+/// bps kbps mbps gbps (bytes per second), decimal multiples as tc counts them; in bits/s.
+Result<uint64_t> parse_rate(std::string_view key, std::string_view text);
+/// Bits per second in the largest unit that divides them: "100mbit", "1500kbit".
+std::string rate_text(uint64_t bits);
 
 /// True when a peer with `uid` and `gid` may connect under the allow= list (an empty list
 /// allows everyone).

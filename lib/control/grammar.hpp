@@ -44,6 +44,7 @@ struct Change {
   bool guest_mac_given = false;
   std::optional<net::Mac> guest_mac;  // with guest_mac_given: nullopt = back to the derived one
   std::optional<bool> lock_mac;
+  std::optional<uint64_t> rx_rate;    // bits per second; 0 clears
   std::optional<std::string> bridge;  // "" leaves the bridge
   std::vector<net::IfAddress> add_addresses;
   std::vector<net::IfAddress> del_addresses;

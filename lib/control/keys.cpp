@@ -299,6 +299,26 @@ const std::array kKeys{
         .get = [](const EndpointConfig& e) { return json(e.mtu); },
     },
     KeyRow{
+        .name = "rx-rate",
+        .value = "RATE",
+        .example = "rx-rate=100mbit",
+        .clearable = true,
+        .parse = [](Change& c, std::string_view v) -> Result<void> {
+          auto bits = parse_rate("rx-rate", v);
+          if (!bits) return std::unexpected(bits.error());
+          c.rx_rate = *bits;
+          return {};
+        },
+        .clear = [](Change& c) { c.rx_rate = 0; },
+        .apply =
+            [](EndpointConfig& e, const Change& c) {
+              if (c.rx_rate) e.rx_rate = *c.rx_rate;
+            },
+        .json_field = "rx_rate",
+        .json_kind = JsonKind::kText,
+        .get = [](const EndpointConfig& e) { return json(e.rx_rate ? rate_text(e.rx_rate) : ""); },
+    },
+    KeyRow{
         .name = "bridge",
         .value = "BR",
         .example = "bridge=br0",

@@ -10,6 +10,7 @@
 #include <netlink/route/addr.h>
 #include <netlink/route/link.h>
 #include <netlink/route/qdisc.h>
+#include <netlink/route/qdisc/tbf.h>
 #include <netlink/route/tc.h>
 #include <sys/socket.h>
 
@@ -209,10 +210,40 @@ Result<void> Netlink::set_alias(int ifindex, std::string_view alias) {
   });
 }
 
+namespace {
+struct QdiscPut {
+  void operator()(rtnl_qdisc* q) const noexcept { rtnl_qdisc_put(q); }
+};
+}  // namespace
+
+Result<void> Netlink::set_tbf(int ifindex, uint64_t bytes_per_second, uint32_t burst,
+                              uint32_t latency_us) {
+  std::unique_ptr<rtnl_qdisc, QdiscPut> qdisc(rtnl_qdisc_alloc());
+  const std::string step = str("set the root qdisc of ", impl_->describe(ifindex), " to tbf rate ",
+                               bytes_per_second, " bytes/s");
+  if (qdisc == nullptr) return nl_fail(step, -NLE_NOMEM);
+  if (bytes_per_second == 0 || bytes_per_second > INT32_MAX) return nl_fail(step, -NLE_RANGE);
+  rtnl_tc* tc = TC_CAST(qdisc.get());
+  rtnl_tc_set_ifindex(tc, ifindex);
+  rtnl_tc_set_parent(tc, TC_H_ROOT);
+  rtnl_tc_set_handle(tc, TC_HANDLE(1, 0));
+  if (const int err = rtnl_tc_set_kind(tc, "tbf"); err < 0) return nl_fail(step, err);
+  rtnl_qdisc_tbf_set_rate(qdisc.get(), static_cast<int>(bytes_per_second), static_cast<int>(burst),
+                          0);
+  // The queue limit from the latency needs the rate set first.
+  if (const int err =
+          rtnl_qdisc_tbf_set_limit_by_latency(qdisc.get(), static_cast<int>(latency_us));
+      err < 0) {
+    return nl_fail(step, err);
+  }
+  if (const int err = rtnl_qdisc_add(impl_->sock, qdisc.get(), NLM_F_CREATE | NLM_F_REPLACE);
+      err < 0) {
+    return nl_fail(step, err);
+  }
+  return {};
+}
+
 Result<void> Netlink::set_noqueue(int ifindex) {
-  struct QdiscPut {
-    void operator()(rtnl_qdisc* q) const noexcept { rtnl_qdisc_put(q); }
-  };
   std::unique_ptr<rtnl_qdisc, QdiscPut> qdisc(rtnl_qdisc_alloc());
   const std::string step = str("set the root qdisc of ", impl_->describe(ifindex), " to noqueue");
   if (qdisc == nullptr) return nl_fail(step, -NLE_NOMEM);

@@ -47,6 +47,10 @@ class Netlink {
   /// Makes `noqueue` the root qdisc, so that bringing the link up creates no default
   /// qdisc. Call it while the link is down; the operator may replace it later.
   Result<void> set_noqueue(int ifindex);
+  /// Makes a token bucket filter the root qdisc: what the link sends is shaped to
+  /// `bytes_per_second` with a bucket of `burst` bytes, and at most `latency_us` of it waits
+  /// in the queue (more is dropped, as tc-tbf(8) does).
+  Result<void> set_tbf(int ifindex, uint64_t bytes_per_second, uint32_t burst, uint32_t latency_us);
 
   /// Global-scope and site addresses of the interface (IPv6 link-local fe80::/10 is the
   /// kernel's and is left out).
