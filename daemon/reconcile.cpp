@@ -31,7 +31,8 @@ Result<void> Registry::realise(Endpoint& e, const EndpointConfig* before,
   LinkState link;
   // Each list is planned once the one before has run: the link steps need the link, and
   // which addresses to add or remove depends on what the kernel has after the link steps.
-  if (runner.run(tap_steps(e, want, link)) && runner.run(link_steps(e, before, want, link))) {
+  if (runner.run(tap_steps(e, before, want, link)) &&
+      runner.run(link_steps(e, before, want, link))) {
     runner.run(address_steps(e, before, want, link));
   }
   if (problems)
@@ -40,7 +41,8 @@ Result<void> Registry::realise(Endpoint& e, const EndpointConfig* before,
   return {};
 }
 
-std::vector<Step> Registry::tap_steps(Endpoint& e, const EndpointConfig& want, LinkState& link) {
+std::vector<Step> Registry::tap_steps(Endpoint& e, const EndpointConfig* before,
+                                      const EndpointConfig& want, LinkState& link) {
   const std::string& name = want.name;
   const bool provisioned = want.transport == control::Transport::kTap;
   // While a guest has negotiated, the worker decides the header length and offloads; with
@@ -49,7 +51,28 @@ std::vector<Step> Registry::tap_steps(Endpoint& e, const EndpointConfig& want, L
     return provisioned || dataplane_.session_active(name);
   };
   std::vector<Step> steps;
-  steps.push_back({"tap", true, [this, &e, &want, provisioned]() -> Result<void> {
+  steps.push_back({"tap", true, [this, &e, before, &want, provisioned]() -> Result<void> {
+                     // A TAP's queue mode is fixed when it is created: vpd's own queue
+                     // needs a multiqueue TAP, a VMM's (transport=tap) one exactly when
+                     // queues > 1. A change that needs the other mode, while nobody has
+                     // the TAP open (no guest session, no carrier), re-creates it under
+                     // the same name; the later steps give it back its MAC, MTU, bridge,
+                     // addresses and up/down.
+                     if (before != nullptr && e.ifindex > 0) {
+                       const bool had_mq =
+                           before->transport != control::Transport::kTap || before->queues > 1;
+                       const bool want_mq = !provisioned || want.queues > 1;
+                       if (had_mq != want_mq && !dataplane_.session_active(want.name)) {
+                         auto found = netlink_.find_link(e.ifindex);
+                         if (!found) return std::unexpected(found.error());
+                         if (*found && !(*found)->carrier) {
+                           log::info(want.name, ": re-creating the TAP ",
+                                     want_mq ? "multiqueue" : "single-queue",
+                                     " for transport=", control::transport_name(want.transport));
+                           if (auto ok = remove_tap(e); !ok) return ok;
+                         }
+                       }
+                     }
                      if (!provisioned) {
                        return adopt_or_create_tap(netlink_, e, want, TapUse::kVpdQueue);
                      }

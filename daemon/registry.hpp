@@ -84,7 +84,8 @@ class Registry {
   struct LinkState;
   /// realise()'s steps: the TAP and its link; then MAC, MTU, bridge, down; then the
   /// addresses (planned from what the kernel has), up and the data plane.
-  std::vector<Step> tap_steps(Endpoint& e, const control::EndpointConfig& want, LinkState& link);
+  std::vector<Step> tap_steps(Endpoint& e, const control::EndpointConfig* before,
+                              const control::EndpointConfig& want, LinkState& link);
   std::vector<Step> link_steps(Endpoint& e, const control::EndpointConfig* before,
                                const control::EndpointConfig& want, LinkState& link);
   std::vector<Step> address_steps(Endpoint& e, const control::EndpointConfig* before,

@@ -180,13 +180,37 @@ TEST_F(TapTransport, queues_two_gives_a_multiqueue_tap_the_owner_opens_twice) {
 }
 
 TEST_F(TapTransport, switching_an_endpoint_to_tap_lets_go_of_vpds_queue) {
-  ok({"vp0", "create", "address=10.94.0.1/24", "up"});  // vhost-user, vpd holds a queue
-  // Single queue wanted, but a vhost-user TAP is multiqueue: refused with the way out.
-  const Output r = refused({"vp0", "transport=tap", "-bind"}, "conflicting-settings");
-  EXPECT_TRUE(contains(r.err, "destroy and create it again")) << r.err;
+  ASSERT_TRUE(sh("ip link add br0 type bridge && ip link set br0 up"));
+  // vhost-user, vpd holds a queue of a multiqueue TAP; no guest has attached.
+  ok({"vp0", "create", "address=10.94.0.1/24", "bridge=br0", "mtu=1400", "up"});
+  const json was = link_json("vp0");
+  // Single queue wanted: vpd re-creates the TAP single-queue under the same name, with the
+  // same MAC, MTU, bridge, address and state.
+  ok({"vp0", "transport=tap", "-bind", "owner=65534", "group=65534"});
+  const json now = link_json("vp0");
+  EXPECT_NE(now.value("ifindex", 0), was.value("ifindex", 0)) << "a new TAP";
+  EXPECT_EQ(now.value("address", ""), was.value("address", ""));
+  EXPECT_EQ(now.value("mtu", 0), 1400);
+  EXPECT_EQ(now.value("master", ""), "br0");
+  EXPECT_TRUE(has_flag(now, "UP")) << now.dump();
+  EXPECT_EQ(addresses_of("vp0"), std::vector<std::string>{"10.94.0.1/24"});
+  EXPECT_EQ(show("vp0")["transport"], "tap");
+  EXPECT_EQ(as_user(kVmmUid, kVmmGid,
+                    [] {
+                      const int fd = open_tap("vp0", false);  // QEMU with queues=1
+                      return fd < 0 ? 10 : arp_through(fd) ? 0 : 3;
+                    }),
+            0)
+      << vpd().log();
+  // And back, while nobody has it open: multiqueue again, vpd's own queue.
+  ok({"vp0", "transport=vhost-user", "-owner", "-group"});
   EXPECT_EQ(show("vp0")["transport"], "vhost-user");
-  // Multiqueue matches: it switches, and the owner can attach beside nothing of vpd's.
+  EXPECT_EQ(link_json("vp0").value("master", ""), "br0");
+  // Multiqueue matches: it switches without a new TAP, and the owner can attach beside
+  // nothing of vpd's.
+  const int ifindex = link_json("vp0").value("ifindex", 0);
   ok({"vp0", "transport=tap", "-bind", "queues=2", "owner=65534"});
+  EXPECT_EQ(link_json("vp0").value("ifindex", 0), ifindex);
   EXPECT_FALSE(carrier("vp0"));
   EXPECT_EQ(as_user(kVmmUid, kVmmGid,
                     [] {
