@@ -160,6 +160,11 @@ std::string format_show(const json& e) {
     lines.emplace_back("queues running",
                        text(ses, "queues_running") + " of " + text(ses, "queues"));
     lines.emplace_back("refused messages", text(ses, "refused_messages"));
+    // Live migration: whether vpd marks what it writes, and the pages it marked so far.
+    const json& c = s.value("counters", json::object());
+    lines.emplace_back("dirty logging",
+                       std::string(ses.value("dirty_logging", false) ? "on" : "off") + " (" +
+                           text(c, "dirty_pages_logged", "0") + " pages logged)");
     for (const auto& q : ses.value("broken_queues", json::array())) {
       lines.emplace_back("broken queue", q.get<std::string>());
     }

@@ -74,6 +74,7 @@ json Registry::describe(const Endpoint& e) {
           {"queues", v->queues},
           {"sessions", v->sessions},
           {"refused_messages", v->refused_messages},
+          {"dirty_logging", v->dirty_logging},
           {"broken_queues", v->broken_queues},
       };
       if (v->features) {

@@ -46,6 +46,7 @@ struct SessionView {
   uint64_t sessions = 0;       // frontends served since vpd started
   uint64_t refused_peers = 0;  // connections turned away by allow=
   uint64_t refused_messages = 0;
+  bool dirty_logging = false;              // live migration: LOG_ALL acked and a log set
   std::vector<std::string> broken_queues;  // "rx0: avail-index-jump"
   dataplane::NetCounters counters;
 };

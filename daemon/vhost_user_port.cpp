@@ -68,8 +68,14 @@ VhostUserPort::~VhostUserPort() { close_for_detach(); }
 // vhost::Device -----------------------------------------------------------------------------
 
 uint64_t VhostUserPort::features() const {
+  // LOG_ALL: live migration. The engine keeps the log and the queues mark their ring
+  // writes; forward_rx() marks the RX buffers it fills. VIRTIO_NET_F_GUEST_ANNOUNCE is not
+  // offered: virtio 1.2 §5.1.3.1 makes it depend on CTRL_VQ, which vpd does not serve, and
+  // nothing here raises VIRTIO_NET_S_ANNOUNCE in the config space; without it QEMU sends
+  // SEND_RARP after a migration and vpd announces the guest (on_rarp).
   uint64_t f = config_.features() | virtio::kFeatureEventIdx | virtio::kFeatureIndirectDesc |
-               virtio::kFeatureRingPacked | kNetFMtu | kNetFMac | kNetFStatus | kFAnyLayout;
+               virtio::kFeatureRingPacked | kNetFMtu | kNetFMac | kNetFStatus | kFAnyLayout |
+               vhost::kFeatureLogAll;
   // `legacy`: a VIRTIO 0.9.5 peer without MRG_RXBUF, so the 10-byte header.
   if (!config_.legacy) f |= virtio::kFeatureVersion1 | dataplane::kFeatureMrgRxbuf;
   // SPEC: virtio 1.2 §5.1.3: MQ says max_virtqueue_pairs is valid. The driver also needs
@@ -84,9 +90,12 @@ uint64_t VhostUserPort::protocol_features() const {
   // CONFIG: GET_CONFIG reads the virtio-net config space (mac, status, max_virtqueue_pairs,
   // mtu) for front-ends that ask the device (crosvm, DPDK virtio-user); QEMU's net device
   // does not ack it and uses its own.
-  uint64_t f = vhost::bit(ProtocolFeature::kMq) | vhost::bit(ProtocolFeature::kRarp) |
-               vhost::bit(ProtocolFeature::kReplyAck) | vhost::bit(ProtocolFeature::kNetMtu) |
-               vhost::bit(ProtocolFeature::kStatus) | vhost::bit(ProtocolFeature::kConfig);
+  // LOG_SHMFD: the dirty log arrives as shared memory (SET_LOG_BASE); QEMU refuses to
+  // migrate a guest whose vhost-user back-end lacks it.
+  uint64_t f = vhost::bit(ProtocolFeature::kMq) | vhost::bit(ProtocolFeature::kLogShmfd) |
+               vhost::bit(ProtocolFeature::kRarp) | vhost::bit(ProtocolFeature::kReplyAck) |
+               vhost::bit(ProtocolFeature::kNetMtu) | vhost::bit(ProtocolFeature::kStatus) |
+               vhost::bit(ProtocolFeature::kConfig);
   // QEMU before 8.0 sends ADD_MEM_REG/REM_MEM_REG once per queue pair (its vhost_dev per
   // pair; later versions send them once, like SET_MEM_TABLE). The engine refuses the second
   // copy of a region as an overlap, and QEMU then gives up vhost for the NIC. With several
@@ -206,7 +215,8 @@ void VhostUserPort::on_rarp(const uint8_t (&mac)[6]) {
 // Port --------------------------------------------------------------------------------------
 
 bool VhostUserPort::fill_view(SessionView& v) const {
-  v.features = backend_ ? acked_ : 0;
+  // VHOST_F_LOG_ALL is the engine's, not the guest's: shown as "dirty logging" instead.
+  v.features = backend_ ? acked_ & ~vhost::kFeatureLogAll : 0;
   v.packed = backend_ && (acked_ & virtio::kFeatureRingPacked);
   v.queues = num_queues();
   v.queues_running = 0;
@@ -214,6 +224,7 @@ bool VhostUserPort::fill_view(SessionView& v) const {
   v.hdr_len = backend_ && acked_ ? session_.hdr_len : 0;
   v.tun_offloads = tun_offloads_;
   if (backend_) v.refused_messages = backend_->counters().requests_refused;
+  v.dirty_logging = backend_ && backend_->logging();
   v.broken_queues.clear();
   if (backend_) {
     for (uint32_t q = 0; q < num_queues(); ++q) {
@@ -377,10 +388,14 @@ void VhostUserPort::run_tx(uint32_t p) {
   for (int round = 0; round < kRoundsPerWake; ++round) {
     const dataplane::ForwardResult r = std::visit(
         [&](auto& q) {
-          return pair.tx_discarding
-                     ? dataplane::discard_tx(q, v.call.get(), session_, worker().scratch(), local_)
-                     : dataplane::forward_tx(q, pair.tap.fd(), v.call.get(), session_,
-                                             worker().scratch(), local_);
+          const uint64_t logged = q.counters().dirty_pages_logged;
+          const dataplane::ForwardResult result =
+              pair.tx_discarding
+                  ? dataplane::discard_tx(q, v.call.get(), session_, worker().scratch(), local_)
+                  : dataplane::forward_tx(q, pair.tap.fd(), v.call.get(), session_,
+                                          worker().scratch(), local_);
+          local_.dirty_pages_logged += q.counters().dirty_pages_logged - logged;
+          return result;
         },
         v.queue);
     if (r.status == dataplane::ForwardStatus::kBudget) continue;
@@ -403,8 +418,12 @@ void VhostUserPort::run_rx(uint32_t p) {
   for (int round = 0; round < kRoundsPerWake; ++round) {
     const dataplane::ForwardResult r = std::visit(
         [&](auto& q) {
-          return dataplane::forward_rx(q, pair.tap.fd(), v.call.get(), session_, worker().scratch(),
-                                       local_, &pair.rx_hold);
+          // The queue counts the pages it marks (dirty logging); the endpoint's stats too.
+          const uint64_t logged = q.counters().dirty_pages_logged;
+          const dataplane::ForwardResult result = dataplane::forward_rx(
+              q, pair.tap.fd(), v.call.get(), session_, worker().scratch(), local_, &pair.rx_hold);
+          local_.dirty_pages_logged += q.counters().dirty_pages_logged - logged;
+          return result;
         },
         v.queue);
     if (r.status == dataplane::ForwardStatus::kBudget) continue;

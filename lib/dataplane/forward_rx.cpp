@@ -201,10 +201,15 @@ void RxRun<Q>::deliver(uint32_t n) noexcept {
     detail::scatter(iov_.subspan(first.iov_begin, first.iov_count), kNumBuffersOffset, bytes);
   }
   remaining = n;
+  // Live migration: the bytes written into each buffer are marked in the dirty log after
+  // the write and before push_used()/publish expose them. Off: one predictable branch.
+  const bool logging = q_.logging();
   for (uint32_t i = 0; i < k; ++i) {
     const RxBuffer& b = bufs_[buf_begin_ + i];
     const uint32_t len = std::min(b.bytes, remaining);
     remaining -= len;
+    if (logging) [[unlikely]]
+      q_.log_written(iov_.subspan(b.iov_begin, b.iov_count), len);
     q_.push_used(b.head, len);
     pool_bytes_ -= b.bytes;
   }

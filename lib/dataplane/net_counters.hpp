@@ -57,6 +57,10 @@ struct NetCounters {
   uint64_t interrupts = 0;  ///< call eventfd writes
   /// Batches that gave buffers back without an interrupt (the driver suppressed it).
   uint64_t interrupts_suppressed = 0;
+  // Live migration (vhost-user dirty logging).
+  /// Guest pages marked in the dirty log, one per page each mark covers (an RX buffer, a used
+  /// ring entry or index, a packed descriptor): a page written twice counts twice.
+  uint64_t dirty_pages_logged = 0;
 
   // transport=stream (QEMU's length-prefixed framing) only.
   /// A length prefix of 0 or over 65536+4096: the stream cannot be trusted; vpd closed it.
@@ -109,6 +113,7 @@ inline constexpr NetCounterField kNetCounterFields[] = {
     {"kicks", &NetCounters::kicks},
     {"interrupts", &NetCounters::interrupts},
     {"interrupts_suppressed", &NetCounters::interrupts_suppressed},
+    {"dirty_pages_logged", &NetCounters::dirty_pages_logged},
     {"stream_bad_length", &NetCounters::stream_bad_length},
     {"stream_truncated", &NetCounters::stream_truncated},
     {"stream_peer_full", &NetCounters::stream_peer_full},

@@ -266,11 +266,16 @@ Result<void> Backend::handle(const ValidRequest& request, Message& message) {
     case Request::kGetStatus:
       return reply_with(header, uint64_t{status_});
     case Request::kSetLogBase:
+      if (auto ok = set_log_base(message); !ok) return ok;
+      // SPEC: vhost-user.rst "Communication": with LOG_SHMFD the back-end answers
+      // SET_LOG_BASE; the body is a u64 0 (success), as libvhost-user sends. QEMU waits for
+      // the answer and reads whatever body it has.
+      return reply_with(header, uint64_t{0});
     case Request::kSetLogFd:
-      return refuse(error::kRefused,
-                    str(rule.name,
-                        ": vpd does not log dirty pages (LOG_ALL and LOG_SHMFD are "
-                        "not offered)"));
+      // SPEC: vhost-user.rst "Migration": an optional eventfd to tell the front-end the log
+      // changed. Kept, not signalled: QEMU syncs the log itself.
+      log_.notify = message.take_fd(0);  // validate(): exactly one fd
+      return {};
     default:
       // In the table, allowed by negotiation, but this engine does not implement it (a gate
       // it never offers, e.g. INFLIGHT_SHMFD or BACKEND_REQ).
@@ -306,6 +311,61 @@ Result<void> Backend::set_features(uint64_t features) {
   log::info(name_, ": vhost-user features acked: ", hex(features));
   start_all();
   return {};
+}
+
+Result<void> Backend::set_log_base(Message& message) {
+  const auto desc = message.payload_as<LogDescription>();
+  const Fd& fd = message.fds()[0];  // validate(): exactly one fd
+  // GUEST: size and offset come from the front-end; the log must be non-empty, end inside
+  // the 64-bit space and inside the file, and be a memory file.
+  if (desc.mmap_size == 0) return refuse(error::kBadValue, "SET_LOG_BASE: the log size is 0");
+  uint64_t end = 0;
+  if (__builtin_add_overflow(desc.mmap_offset, desc.mmap_size, &end)) {
+    return refuse(error::kBadValue, str("SET_LOG_BASE: offset ", hex(desc.mmap_offset), " + size ",
+                                        hex(desc.mmap_size), " wraps past the end of the file"));
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return sys_fail("fstat of the SET_LOG_BASE fd", errno);
+  if (!S_ISREG(st.st_mode)) {
+    return refuse(error::kBadValue,
+                  "SET_LOG_BASE: the fd is not a memory file (memfd or shared memory)");
+  }
+  if (static_cast<uint64_t>(st.st_size) < end) {
+    return refuse(error::kBadValue,
+                  str("SET_LOG_BASE: the file holds ", st.st_size, " bytes, the log needs ",
+                      desc.mmap_size, " bytes at offset ", desc.mmap_offset));
+  }
+  // SPEC: vhost-user.rst "Migration": the log covers guest-physical 0 to the end of the
+  // highest region. Marks past its end are still bounds-checked (and counted), but a log
+  // too small for the memory the rings write into would lose pages from the start.
+  uint64_t memory_end = 0;
+  for (const virtio::MemoryRegion& r : memory_.table.regions()) {
+    memory_end = std::max(memory_end, r.guest_phys_addr + r.size);  // cannot wrap: add()
+  }
+  if (const uint64_t needed = virtio::DirtyLog::bytes_for(memory_end); desc.mmap_size < needed) {
+    return refuse(error::kBadValue, str("SET_LOG_BASE: a log of ", desc.mmap_size, " bytes covers ",
+                                        desc.mmap_size * 8 * virtio::kLogPageSize >> 20,
+                                        " MiB of guest memory; its regions end at ",
+                                        hex(memory_end), " (", needed, " bytes of log)"));
+  }
+  auto mapped = virtio::MappedRegion::map(fd, desc.mmap_size, desc.mmap_offset);
+  if (!mapped) return refuse(error::kBadValue, str("SET_LOG_BASE: ", mapped.error().message));
+  // The queues hold a pointer to the view: rings stop around the change (the old mapping is
+  // unmapped only once no ring marks through it) and restart with the new log.
+  stop_all();
+  log_.mapping = std::move(*mapped);
+  log_.view = virtio::DirtyLog(log_.mapping.data(), log_.mapping.size());
+  ++counters_.log_bases_set;
+  log::info(name_, ": dirty log set: ", desc.mmap_size, " bytes",
+            (acked_features_ & kFeatureLogAll) != 0 ? ", logging" : "");
+  start_all();
+  return {};
+}
+
+virtio::RingLog Backend::ring_log(const Vring& vring) const noexcept {
+  if (!logging()) return {};
+  const bool used = (vring.addr.flags & kVringFlagLog) != 0;
+  return virtio::RingLog{&log_.view, used, used ? vring.addr.log_guest_addr : 0};
 }
 
 Result<void> Backend::set_protocol_features(uint64_t features) {
@@ -434,12 +494,12 @@ Result<void> Backend::set_vring_num(uint32_t index, uint32_t num) {
 }
 
 Result<void> Backend::set_vring_addr(uint32_t index, const VringAddr& addr) {
-  // GUEST: only VHOST_VRING_F_LOG is defined, and it needs LOG_ALL, which is never offered.
-  if (addr.flags != 0) {
-    return refuse(error::kBadRing,
-                  str("SET_VRING_ADDR: ring ", index, " flags ", hex(addr.flags),
-                      (addr.flags & ~kVringFlagLog) != 0 ? " set undefined bits"
-                                                         : " ask for dirty logging (LOG_ALL)"));
+  // GUEST: only VHOST_VRING_F_LOG is defined. It may arrive before LOG_ALL is acked (and
+  // stay after it is dropped): the used ring is logged while both hold. log_guest_addr
+  // needs no check here: every mark is bounds-checked against the log.
+  if ((addr.flags & ~kVringFlagLog) != 0) {
+    return refuse(error::kBadRing, str("SET_VRING_ADDR: ring ", index, " flags ", hex(addr.flags),
+                                       " set undefined bits"));
   }
   Vring& vring = vrings_[index];
   Vring trial;
@@ -574,6 +634,7 @@ void Backend::reset_device(bool keep_owner) {
   acked_features_ = 0;
   features_set_ = false;
   status_ = 0;
+  log_ = LogState{};  // unmaps the log: the front-end sends a new one when it migrates
   if (!keep_owner) owned_ = false;
   // Guest memory stays: QEMU with CONFIGURE_MEM_SLOTS sends only the regions that differ
   // from what it believes the back-end has, so dropping them would lose them for good. A new
@@ -658,6 +719,7 @@ void Backend::try_start(uint32_t index) {
     log::warning(name_, ": ring ", index, " cannot start: ", configured.error().message);
     return;
   }
+  std::visit([&](auto& q) { q.set_log(ring_log(vring)); }, vring.queue);
   vring.config = *config;
   vring.started = true;
   ++counters_.rings_started;

@@ -47,6 +47,7 @@
 #include "vhost/codec.hpp"
 #include "vhost/messages.hpp"
 #include "vhost/request_table.hpp"
+#include "virtio/dirty_log.hpp"
 #include "virtio/guest_memory.hpp"
 #include "virtio/packed_queue.hpp"
 #include "virtio/queue.hpp"
@@ -74,15 +75,19 @@ inline constexpr uint32_t kMaxQueues = 256;
 
 /// Protocol features the engine implements; the Device's offer is intersected with this.
 inline constexpr uint64_t kImplementedProtocolFeatures =
-    bit(ProtocolFeature::kMq) | bit(ProtocolFeature::kRarp) | bit(ProtocolFeature::kReplyAck) |
-    bit(ProtocolFeature::kNetMtu) | bit(ProtocolFeature::kConfig) |
-    bit(ProtocolFeature::kResetDevice) | bit(ProtocolFeature::kConfigureMemSlots) |
-    bit(ProtocolFeature::kStatus);
+    bit(ProtocolFeature::kMq) | bit(ProtocolFeature::kLogShmfd) | bit(ProtocolFeature::kRarp) |
+    bit(ProtocolFeature::kReplyAck) | bit(ProtocolFeature::kNetMtu) |
+    bit(ProtocolFeature::kConfig) | bit(ProtocolFeature::kResetDevice) |
+    bit(ProtocolFeature::kConfigureMemSlots) | bit(ProtocolFeature::kStatus);
 
 /// Device feature bits the engine cannot honour and so never offers, whatever the Device
-/// says: dirty logging (no LOG_SHMFD) and VIRTIO_F_ACCESS_PLATFORM (no IOTLB).
+/// says: VIRTIO_F_ACCESS_PLATFORM (no IOTLB). VHOST_F_LOG_ALL passes when the Device offers
+/// it: the engine keeps the log (SET_LOG_BASE, LOG_SHMFD) and hands it to the queues, which
+/// mark their ring writes, but only the Device's data plane knows which buffers it fills
+/// (it marks them with the queue's log_written()), so a Device offers LOG_ALL only if it
+/// does that.
 inline constexpr uint64_t kFeatureAccessPlatform = uint64_t{1} << 33;
-inline constexpr uint64_t kEngineWithheldFeatures = kFeatureLogAll | kFeatureAccessPlatform;
+inline constexpr uint64_t kEngineWithheldFeatures = kFeatureAccessPlatform;
 
 /// Device policy. Every callback runs on the session's thread, from inside
 /// Backend::on_readable()/on_writable()/close()/~Backend(); none may call back into the
@@ -176,6 +181,8 @@ struct BackendCounters {
   /// A ring had everything it needs but its addresses did not configure (outside the
   /// current memory, misaligned, overlapping, bad base); it stays stopped.
   uint64_t ring_start_failures = 0;
+  /// SET_LOG_BASE logs accepted (mapped) during the session.
+  uint64_t log_bases_set = 0;
 };
 
 /// One vhost-user session: the front-end connection and all state it builds up.
@@ -222,6 +229,13 @@ class Backend {
   uint8_t status() const noexcept { return status_; }
   bool owned() const noexcept { return owned_; }
   const BackendCounters& counters() const noexcept { return counters_; }
+  /// Dirty logging is on: LOG_ALL acked in SET_FEATURES and a log set by SET_LOG_BASE.
+  /// Started rings then mark what they write (see virtio::RingLog).
+  bool logging() const noexcept {
+    return (acked_features_ & kFeatureLogAll) != 0 && log_.view.valid();
+  }
+  /// The log SET_LOG_BASE mapped (invalid if none); stable while any ring is started.
+  const virtio::DirtyLog& dirty_log() const noexcept { return log_.view; }
 
  private:
   // A mapped region and how the front-end described it.
@@ -285,6 +299,18 @@ class Backend {
   // Logs a refused request (the first few per session; the rest are only counted).
   static constexpr uint32_t kLoggedRefusals = 32;
 
+  // The dirty log: SET_LOG_BASE's mapping, the view the queues mark through, and the
+  // SET_LOG_FD eventfd (kept for the session; vpd does not signal it: that would be a
+  // syscall per write batch, and QEMU reads the log on its own schedule).
+  struct LogState {
+    virtio::MappedRegion mapping;
+    virtio::DirtyLog view;
+    Fd notify;
+  };
+  Result<void> set_log_base(Message& message);
+  // The ring log a started ring gets: the session's log while logging(), its F_LOG address.
+  virtio::RingLog ring_log(const Vring& vring) const noexcept;
+
   Device& device_;
   Fd socket_;
   std::string name_;
@@ -292,6 +318,7 @@ class Backend {
   MessageWriter writer_;
   std::vector<Vring> vrings_;  // sized once, at construction: references stay valid
   MemoryState memory_;
+  LogState log_;
 
   uint64_t offered_features_ = 0;
   uint64_t offered_protocol_features_ = 0;

@@ -82,6 +82,44 @@ inline RawDesc load_desc(const std::byte* p) noexcept {
   return d;
 }
 
+/// Marks guest-physical [gpa, gpa + len) in the log and counts it.
+inline void log_range(const DirtyLog& log, uint64_t gpa, uint64_t len, QueueCounters& c) noexcept {
+  const LogMark m = log.mark(gpa, len);
+  c.dirty_pages_logged += m.marked;
+  c.dirty_pages_beyond_log += m.beyond;
+}
+
+/// Marks a write at `offset` into the used ring (split) or device event area (packed): at
+/// log_guest_addr + offset when VHOST_VRING_F_LOG asked for it, else not at all.
+inline void log_used_write(const RingLog& log, uint64_t offset, uint64_t len,
+                           QueueCounters& c) noexcept {
+  if (log.log == nullptr || !log.log_used) return;
+  uint64_t gpa = 0;
+  if (__builtin_add_overflow(log.used_log_addr, offset, &gpa)) {
+    ++c.dirty_pages_beyond_log;
+    return;
+  }
+  log_range(*log.log, gpa, len, c);
+}
+
+/// Marks the first `len` bytes of a chain's writable elements (host pointers from
+/// translate(), so each lies inside one region and maps back to its guest address).
+inline void log_host_writes(const DirtyLog& log, const GuestMemory& memory,
+                            std::span<const iovec> iov, uint64_t len, QueueCounters& c) noexcept {
+  for (const iovec& v : iov) {
+    if (len == 0) break;
+    const uint64_t n = v.iov_len < len ? v.iov_len : len;
+    len -= n;
+    const auto gpa = memory.host_to_gpa(static_cast<const std::byte*>(v.iov_base), n);
+    if (!gpa) {
+      // Not from this memory table: nothing to mark it by. Counted, never silently lost.
+      c.dirty_pages_beyond_log += n / kLogPageSize + 1;
+      continue;
+    }
+    log_range(log, *gpa, n, c);
+  }
+}
+
 /// Why a chain was refused; each maps to one QueueCounters field.
 enum class ChainFault : uint8_t {
   kNone,

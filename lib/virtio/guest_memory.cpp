@@ -105,6 +105,18 @@ std::byte* GuestMemory::translate_uva(uint64_t uva, uint64_t len) const noexcept
   return nullptr;
 }
 
+std::optional<uint64_t> GuestMemory::host_to_gpa(const std::byte* host,
+                                                 uint64_t len) const noexcept {
+  const auto address = reinterpret_cast<uintptr_t>(host);
+  for (const MemoryRegion& r : regions()) {
+    if (const auto offset =
+            offset_inside(reinterpret_cast<uintptr_t>(r.host), r.size, address, len)) {
+      return r.guest_phys_addr + *offset;
+    }
+  }
+  return std::nullopt;
+}
+
 MappedRegion::MappedRegion(MappedRegion&& other) noexcept
     : base_(std::exchange(other.base_, nullptr)),
       length_(std::exchange(other.length_, 0)),

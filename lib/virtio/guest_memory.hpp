@@ -53,6 +53,10 @@ class GuestMemory {
   /// Host pointer for a frontend virtual range, same rules as translate().
   std::byte* translate_uva(uint64_t uva, uint64_t len) const noexcept;
 
+  /// Guest-physical address of the host range [host, host + len) if it lies inside one
+  /// region's mapping (the way back from translate(), for the dirty log).
+  std::optional<uint64_t> host_to_gpa(const std::byte* host, uint64_t len) const noexcept;
+
   std::span<const MemoryRegion> regions() const noexcept { return {regions_.data(), count_}; }
   std::size_t region_count() const noexcept { return count_; }
   bool empty() const noexcept { return count_ == 0; }

@@ -54,6 +54,7 @@ Result<void> PackedQueue::configure(const GuestMemory& memory, const QueueConfig
   }
 
   memory_ = &memory;
+  desc_gpa_ = config.desc_addr;
   desc_ = (*parts)[0];
   driver_event_ = (*parts)[1];
   device_event_ = (*parts)[2];
@@ -78,6 +79,8 @@ void PackedQueue::reset() noexcept {
   published_wrap_ = signalled_wrap_ = true;
   signalled_valid_ = can_unpop_ = false;
   last_pop_slots_ = 0;
+  desc_gpa_ = 0;
+  log_ = RingLog{};
 }
 
 bool PackedQueue::set_vring_base(uint32_t base) noexcept {
@@ -228,6 +231,9 @@ void PackedQueue::write_used(ChainHead head, uint32_t len) noexcept {
   } else {
     // The driver does not look past the first pending descriptor, so the rest may go now.
     store<uint16_t>(d + kDescFlags, flags, std::memory_order_release);
+    // Complete, so marked now; the first one is marked when publish_used() finishes it.
+    if (log_.log != nullptr) [[unlikely]]
+      log_desc(next_used_);
   }
   ++pending_;
   // SPEC: virtio 1.2 §2.8.6: skip the rest of the list's descriptors.
@@ -238,6 +244,16 @@ void PackedQueue::write_used(ChainHead head, uint32_t len) noexcept {
   }
   next_used_ = static_cast<uint16_t>(next);
   ++counters_.used_returned;
+}
+
+void PackedQueue::log_desc(uint16_t pos) noexcept {
+  // SPEC: vhost-user.rst "Migration": the log is indexed by guest-physical address.
+  detail::log_range(*log_.log, desc_gpa_ + kDescSize * uint64_t{pos}, kDescSize, counters_);
+}
+
+void PackedQueue::log_written(std::span<const iovec> iov, uint32_t len) noexcept {
+  if (log_.log == nullptr || memory_ == nullptr) return;
+  detail::log_host_writes(*log_.log, *memory_, iov, len, counters_);
 }
 
 bool PackedQueue::unpop() noexcept {
@@ -270,6 +286,8 @@ void PackedQueue::publish_used() noexcept {
   // the whole batch together.
   store<uint16_t>(desc_ + kDescSize * std::size_t{pending_pos_} + kDescFlags, pending_flags_,
                   std::memory_order_release);
+  if (log_.log != nullptr) [[unlikely]]
+    log_desc(pending_pos_);
   pending_ = 0;
   published_pos_ = next_used_;
   published_wrap_ = used_wrap_;
@@ -321,6 +339,7 @@ bool PackedQueue::enable_notifications() noexcept {
   } else {
     store<uint16_t>(device_event_ + kEventFlags, kRingEventFlagsEnable, std::memory_order_release);
   }
+  detail::log_used_write(log_, kEventOffWrap, 4, counters_);
   // Store-load ordering: publish the request, then look for a buffer made available meanwhile.
   std::atomic_thread_fence(std::memory_order_seq_cst);
   // GUEST: only compared with our wrap counter.
@@ -332,6 +351,7 @@ bool PackedQueue::enable_notifications() noexcept {
 void PackedQueue::disable_notifications() noexcept {
   if (!ready()) return;
   store<uint16_t>(device_event_ + kEventFlags, kRingEventFlagsDisable);
+  detail::log_used_write(log_, kEventFlags, 2, counters_);
 }
 
 }  // namespace vp::virtio

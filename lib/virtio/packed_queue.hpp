@@ -13,6 +13,7 @@
 #include <span>
 
 #include "sys/error.hpp"
+#include "virtio/dirty_log.hpp"
 #include "virtio/guest_memory.hpp"
 #include "virtio/queue.hpp"
 
@@ -115,6 +116,16 @@ class PackedQueue {
   bool set_vring_base(uint32_t base) noexcept;
   uint32_t vring_base() const noexcept;
 
+  /// Dirty logging for live migration, until reset(): every later used descriptor is marked
+  /// (by the descriptor ring's guest address) after it is written, and with log.log_used the
+  /// device event area too. Set once configured, before the data plane uses the queue.
+  void set_log(const RingLog& log) noexcept { log_ = log; }
+  bool logging() const noexcept { return log_.log != nullptr; }
+  /// Marks the first `len` bytes of the device-writable elements `iov` (from pop()) as
+  /// written: the data plane calls it after filling a buffer, before push_used(). Only when
+  /// logging(); otherwise it does nothing.
+  void log_written(std::span<const iovec> iov, uint32_t len) noexcept;
+
   uint16_t next_avail() const noexcept { return next_avail_; }
   bool avail_wrap_counter() const noexcept { return avail_wrap_; }
   uint16_t next_used() const noexcept { return next_used_; }
@@ -127,8 +138,11 @@ class PackedQueue {
                                    detail::ChainBuilder& builder) const noexcept;
   void write_used(ChainHead head, uint32_t len) noexcept;
   void mark_broken(BrokenReason reason) noexcept;
+  // Marks the descriptor at ring position `pos` as written (while logging).
+  void log_desc(uint16_t pos) noexcept;
 
   const GuestMemory* memory_ = nullptr;
+  uint64_t desc_gpa_ = 0;  // guest-physical address of the descriptor ring
   std::byte* desc_ = nullptr;
   std::byte* driver_event_ = nullptr;  // driver area: written by the driver, read by us
   std::byte* device_event_ = nullptr;  // device area: written by us
@@ -156,6 +170,7 @@ class PackedQueue {
   bool can_unpop_ = false;
   uint16_t last_pop_slots_ = 0;
 
+  RingLog log_;
   QueueCounters counters_;
 };
 

@@ -16,6 +16,8 @@
 #include <optional>
 #include <span>
 
+#include "virtio/dirty_log.hpp"
+
 namespace vp::virtio {
 
 // SPEC: virtio 1.2 §6 reserved feature bits that change ring handling.
@@ -82,6 +84,10 @@ struct QueueCounters {
   uint64_t chains_over_capacity = 0;
   uint64_t broken_queue_events = 0;  ///< times the queue stopped; see broken_reason()
   uint64_t used_rejected = 0;        ///< push_used() calls refused: nothing of that size in flight
+  /// Dirty logging (live migration): pages marked, one per page each mark covered (a page
+  /// written twice counts twice), and pages a write touched past the end of the log.
+  uint64_t dirty_pages_logged = 0;
+  uint64_t dirty_pages_beyond_log = 0;
 };
 
 /// Why a queue stopped taking work. A broken queue needs reset() and configure() again;
@@ -128,7 +134,7 @@ constexpr bool need_event(uint16_t event, uint16_t new_idx, uint16_t old_idx) no
 // clang-format off
 template <class Q>
 concept Virtqueue = requires(Q& q, const Q& cq, std::span<iovec> iov, ChainHead head,
-                             uint32_t len, uint32_t base) {
+                             uint32_t len, uint32_t base, const RingLog& log) {
   { q.pop(iov) } noexcept -> std::same_as<std::optional<Chain>>;
   { q.unpop() } noexcept -> std::same_as<bool>;
   { q.push_used(head, len) } noexcept -> std::same_as<bool>;
@@ -144,6 +150,9 @@ concept Virtqueue = requires(Q& q, const Q& cq, std::span<iovec> iov, ChainHead 
   { cq.broken_reason() } noexcept -> std::same_as<BrokenReason>;
   { cq.size() } noexcept -> std::same_as<uint16_t>;
   { cq.counters() } noexcept -> std::same_as<const QueueCounters&>;
+  { q.set_log(log) } noexcept -> std::same_as<void>;
+  { cq.logging() } noexcept -> std::same_as<bool>;
+  { q.log_written(iov, len) } noexcept -> std::same_as<void>;
 };
 // clang-format on
 

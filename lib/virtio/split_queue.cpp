@@ -68,6 +68,7 @@ void SplitQueue::reset() noexcept {
   last_avail_ = shadow_avail_ = used_idx_ = published_used_ = signalled_used_ = 0;
   signalled_valid_ = can_unpop_ = false;
   in_flight_ = 0;
+  log_ = RingLog{};
 }
 
 void SplitQueue::set_last_avail(uint16_t idx) noexcept {
@@ -215,9 +216,27 @@ bool SplitQueue::push_used(ChainHead head, uint32_t len) noexcept {
 
 void SplitQueue::publish_used() noexcept {
   if (!ready() || published_used_ == used_idx_) return;
+  if (log_.log_used) [[unlikely]] {
+    // SPEC: vhost-user.rst "Migration": the entries are marked after they were written and
+    // before idx exposes them, then idx itself.
+    const uint32_t count = static_cast<uint16_t>(used_idx_ - published_used_);
+    const uint32_t first = published_used_ & (size_ - 1u);
+    const uint32_t n = count < size_ ? count : size_;
+    const uint32_t head = n < size_ - first ? n : size_ - first;
+    detail::log_used_write(log_, kUsedRing + kUsedElemSize * first, kUsedElemSize * head,
+                           counters_);
+    if (head != n) detail::log_used_write(log_, kUsedRing, kUsedElemSize * (n - head), counters_);
+  }
   // SPEC: virtio 1.2 §2.7.8.2: used entries become visible with idx (release).
   store<uint16_t>(used_ + kUsedIdx, used_idx_, std::memory_order_release);
+  if (log_.log_used) [[unlikely]]
+    detail::log_used_write(log_, kUsedIdx, 2, counters_);
   published_used_ = used_idx_;
+}
+
+void SplitQueue::log_written(std::span<const iovec> iov, uint32_t len) noexcept {
+  if (log_.log == nullptr || memory_ == nullptr) return;
+  detail::log_host_writes(*log_.log, *memory_, iov, len, counters_);
 }
 
 bool SplitQueue::needs_notification() noexcept {
@@ -246,8 +265,10 @@ bool SplitQueue::enable_notifications() noexcept {
   if (event_idx_) {
     // SPEC: virtio 1.2 §2.7.10: avail_event (used ring[size]) = the next avail idx we wait for.
     store<uint16_t>(used_ + kUsedRing + kUsedElemSize * std::size_t{size_}, shadow_avail_);
+    detail::log_used_write(log_, kUsedRing + kUsedElemSize * std::size_t{size_}, 2, counters_);
   } else {
     store<uint16_t>(used_ + kUsedFlags, 0);
+    detail::log_used_write(log_, kUsedFlags, 2, counters_);
   }
   // Store-load ordering again: publish the request, then look for buffers added meanwhile.
   std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -259,6 +280,7 @@ void SplitQueue::disable_notifications() noexcept {
   if (!ready() || event_idx_) return;
   // SPEC: virtio 1.2 §2.7.10.2: the device sets used flags to 0 or 1 (NO_NOTIFY).
   store<uint16_t>(used_ + kUsedFlags, kUsedFNoNotify);
+  detail::log_used_write(log_, kUsedFlags, 2, counters_);
 }
 
 }  // namespace vp::virtio

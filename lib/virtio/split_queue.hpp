@@ -12,6 +12,7 @@
 #include <span>
 
 #include "sys/error.hpp"
+#include "virtio/dirty_log.hpp"
 #include "virtio/guest_memory.hpp"
 #include "virtio/queue.hpp"
 
@@ -89,6 +90,16 @@ class SplitQueue {
   bool set_vring_base(uint32_t base) noexcept;
   uint32_t vring_base() const noexcept { return last_avail_; }
 
+  /// Dirty logging for live migration, until reset(): every later write to the used ring
+  /// is marked (with log.log_used) before the used idx that exposes it. Set once configured,
+  /// before the data plane uses the queue.
+  void set_log(const RingLog& log) noexcept { log_ = log; }
+  bool logging() const noexcept { return log_.log != nullptr; }
+  /// Marks the first `len` bytes of the device-writable elements `iov` (from pop()) as
+  /// written: the data plane calls it after filling a buffer, before push_used(). Only when
+  /// logging(); otherwise it does nothing.
+  void log_written(std::span<const iovec> iov, uint32_t len) noexcept;
+
  private:
   // Re-reads the avail index (acquire) if everything read before was consumed; marks the
   // queue broken on a jump of more than `size`. True if a head is waiting.
@@ -116,6 +127,7 @@ class SplitQueue {
   bool can_unpop_ = false;
   uint32_t in_flight_ = 0;  // chains consumed from the avail ring and not yet given back
 
+  RingLog log_;
   QueueCounters counters_;
 };
 

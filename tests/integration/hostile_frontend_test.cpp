@@ -651,7 +651,7 @@ TEST_F(HostileFrontend, ring_addresses_outside_guest_memory_are_refused) {
       with([&](auto& a) { a.used_user_addr = end; }),            // just past the end
       with([](auto& a) { a.avail_user_addr = ~0ull - 8; }),      // wraps the address space
       with([&](auto& a) { a.used_user_addr = base + 0x2002; }),  // misaligned used ring
-      with([](auto& a) { a.flags = 1; }),                        // dirty logging, never offered
+      with([](auto& a) { a.flags = 2; }),                        // an undefined flag bit
   };
   for (const auto& addr : cases) {
     EXPECT_TRUE(nacked(*fe, Request::kSetVringAddr, bytes(addr)))

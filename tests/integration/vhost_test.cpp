@@ -19,7 +19,9 @@
 
 #include "support/harness.hpp"
 #include "support/vhost_frontend.hpp"
+#include "sys/str.hpp"
 #include "sys/unix_socket.hpp"
+#include "vhost/messages.hpp"
 #include "virtio/queue.hpp"
 
 namespace vp::test {
@@ -697,6 +699,155 @@ TEST_P(VhostUser, guest_without_guest_csum_gets_frames_with_complete_checksums) 
   EXPECT_EQ(fold(sum16(ip + 20, udp_len, udp_pseudo_sum(ip))), 0xffff)
       << "the UDP checksum is complete and right";
   EXPECT_TRUE(std::equal(payload.begin(), payload.end(), ip + 28));
+}
+
+// --- Live migration: the dirty log and the announcement ---------------------------------------
+
+constexpr uint64_t kLogPage = 4096;
+
+// The value after "key:" on its line of vpctl's key: value output.
+std::string value_of(const std::string& text, const std::string& key) {
+  size_t at = text.rfind(key + ":", 0) == 0 ? 0 : text.find("\n" + key + ":");
+  if (at == std::string::npos) return "<no " + key + ">";
+  if (at) ++at;
+  std::string line = text.substr(at + key.size() + 1, text.find('\n', at) - at - key.size() - 1);
+  return line.substr(line.find_first_not_of(' '));
+}
+
+// Pages of guest-physical [gpa, gpa + len).
+void add_pages(std::set<uint64_t>& pages, uint64_t gpa, uint64_t len) {
+  if (len == 0) return;
+  for (uint64_t p = gpa / kLogPage; p <= (gpa + len - 1) / kLogPage; ++p) pages.insert(p);
+}
+
+TEST_P(VhostUser, dirty_log_holds_exactly_the_rx_buffers_and_ring_entries_vpd_wrote) {
+  // No IPv6 on vp0: its router and listener messages would reach the guest at any moment,
+  // also in between the phases below.
+  ASSERT_TRUE(sh("sysctl -qw net.ipv6.conf.vp0.disable_ipv6=1"));
+  // As QEMU: LOG_ALL is not acked in the first negotiation, only when migration starts.
+  attach(vhost::kFeatureLogAll);
+  ASSERT_NE(fe_->acked_protocol_features() & vhost::bit(vhost::ProtocolFeature::kLogShmfd), 0u);
+  ASSERT_TRUE(fe_->set_log_base(fe_->log_bytes_needed())) << vpd_->log();
+  const auto rx = fe_->layout(kRx);
+  const auto tx = fe_->layout(kTx);
+  ASSERT_TRUE(rx && tx);
+  const uint32_t buffer_size = fe_->options().buffer_size;
+
+  // One ARP exchange; returns the RX buffers vpd filled (guest address, length).
+  auto exchange = [&](uint8_t target) {
+    std::vector<std::pair<uint64_t, uint32_t>> filled;
+    while (fe_->outstanding(kRx) < 8 && fe_->post_rx(kRx)) {
+    }
+    EXPECT_TRUE(fe_->kick(kRx));
+    EXPECT_TRUE(fe_->post_tx(kTx, arp_request(target)));
+    EXPECT_TRUE(fe_->kick(kTx));
+    EXPECT_TRUE(wait_used(kTx, std::chrono::seconds(5))) << vpd_->log();
+    bool got_reply = false;
+    const auto deadline = steady_clock::now() + std::chrono::seconds(5);
+    while (!got_reply && steady_clock::now() < deadline) {
+      auto used = wait_used(kRx, std::chrono::seconds(1));
+      if (!used) continue;
+      filled.emplace_back(rx->buffers + uint64_t{used->id} * buffer_size, used->len);
+      const auto* b = reinterpret_cast<const uint8_t*>(fe_->buffer(kRx, used->id).data()) + 12;
+      got_reply = b[12] == 0x08 && b[13] == 0x06 && b[21] == 2 && b[31] == target;
+    }
+    EXPECT_TRUE(got_reply) << vpd_->log();
+    // Whatever else arrived meanwhile (IPv6 noise) counts as filled too.
+    while (auto used = fe_->next_used(kRx)) {
+      filled.emplace_back(rx->buffers + uint64_t{used->id} * buffer_size, used->len);
+    }
+    return filled;
+  };
+
+  // A log is set, LOG_ALL is not acked: nothing is marked.
+  exchange(1);
+  EXPECT_TRUE(fe_->dirty_pages().empty());
+  auto session = vpd_->ctl_json({"vp0"})["status"]["session"];
+  EXPECT_FALSE(session.value("dirty_logging", true)) << session.dump();
+
+  // Migration starts: LOG_ALL, then VHOST_VRING_F_LOG with log_guest_addr on each ring.
+  ASSERT_TRUE(fe_->set_logging(true)) << vpd_->log();
+  fe_->clear_dirty_log();
+  // Anything delivered before logging started is not this phase's.
+  while (fe_->next_used(kRx)) {
+  }
+  const auto filled = exchange(1);
+  ASSERT_FALSE(filled.empty());
+  const auto dirty_list = fe_->dirty_pages();
+  const std::set<uint64_t> dirty(dirty_list.begin(), dirty_list.end());
+
+  // Pages vpd must have marked: every byte it put into an RX buffer, and where each ring's
+  // used entries became visible (split: used idx; packed: the descriptor ring).
+  std::set<uint64_t> required;
+  for (const auto& [gpa, len] : filled) add_pages(required, gpa, len);
+  // Pages it may have marked besides: the rest of the RX buffers and of the rings it writes
+  // (split: the used ring, flags and avail_event included; packed: descriptor ring and device
+  // event area). Nothing else: never the TX buffers, the available ring, the driver area.
+  std::set<uint64_t> allowed = required;
+  add_pages(allowed, rx->buffers, uint64_t{rx->size} * buffer_size);
+  for (const auto& ring : {*rx, *tx}) {
+    if (ring.packed) {
+      std::set<uint64_t> desc;
+      add_pages(desc, ring.desc, 16ull * ring.size);
+      EXPECT_TRUE(std::any_of(desc.begin(), desc.end(),
+                              [&](uint64_t page) { return dirty.contains(page); }))
+          << "no used descriptor of the ring at " << std::hex << ring.desc << " was logged";
+      allowed.insert(desc.begin(), desc.end());
+      add_pages(allowed, ring.device, 4);
+    } else {
+      add_pages(required, ring.device + 2, 2);  // used idx
+      add_pages(allowed, ring.device, 6 + 8ull * ring.size);
+    }
+  }
+  for (uint64_t page : required) {
+    EXPECT_TRUE(dirty.contains(page)) << "page " << std::hex << page << " was written, not logged";
+  }
+  for (uint64_t page : dirty) {
+    EXPECT_TRUE(allowed.contains(page)) << "page " << std::hex << page << " logged, never written";
+  }
+  session = vpd_->ctl_json({"vp0"})["status"]["session"];
+  EXPECT_TRUE(session.value("dirty_logging", false)) << session.dump();
+  // The stats count one per page per mark: at least every page that had to be marked.
+  EXPECT_GE(counters().value("dirty_pages_logged", 0u), required.size()) << counters().dump();
+  const std::string show = vpd_->ctl({"vp0"}).out;
+  EXPECT_EQ(value_of(show, "dirty logging").rfind("on (", 0), 0u) << show;
+
+  // Migration over (or cancelled): logging off, nothing more is marked.
+  ASSERT_TRUE(fe_->set_logging(false)) << vpd_->log();
+  fe_->clear_dirty_log();
+  exchange(1);
+  EXPECT_TRUE(fe_->dirty_pages().empty());
+  EXPECT_EQ(value_of(vpd_->ctl({"vp0"}).out, "dirty logging").rfind("off (", 0), 0u);
+  EXPECT_EQ(counters().value("tx_packets", 0u), 3u) << counters().dump();
+}
+
+TEST_P(VhostUser, send_rarp_puts_qemus_announcement_on_the_tap) {
+  attach();
+  Fd capture = packet_socket("vp0");
+  ASSERT_TRUE(capture);
+  const std::array<uint8_t, 6> mac{0x52, 0x54, 0x00, 0xab, 0xcd, 0xef};
+  uint64_t payload = 0;
+  std::memcpy(&payload, mac.data(), mac.size());
+  ASSERT_TRUE(fe_->request_u64(vhost::Request::kSendRarp, payload)) << vpd_->log();
+  // What QEMU's qemu_announce_self() builds: a 60-byte RARP request (RFC 903), broadcast.
+  std::vector<uint8_t> expected(60, 0);
+  std::fill_n(expected.begin(), 6, 0xff);
+  std::copy(mac.begin(), mac.end(), expected.begin() + 6);
+  const uint8_t rarp[] = {0x80, 0x35, 0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x03};
+  std::copy(std::begin(rarp), std::end(rarp), expected.begin() + 12);
+  std::copy(mac.begin(), mac.end(), expected.begin() + 22);  // sender hardware address
+  std::copy(mac.begin(), mac.end(), expected.begin() + 32);  // target hardware address
+  std::vector<uint8_t> got;
+  for (int i = 0; i < 20 && got != expected; ++i) {
+    pollfd p{capture.get(), POLLIN, 0};
+    if (::poll(&p, 1, 250) != 1) continue;
+    std::vector<uint8_t> frame(2048);
+    const ssize_t n = ::recv(capture.get(), frame.data(), frame.size(), 0);
+    if (n < 14 || frame[12] != 0x80 || frame[13] != 0x35) continue;  // other traffic
+    frame.resize(static_cast<size_t>(n));
+    got = frame;
+  }
+  EXPECT_EQ(got, expected) << vpd_->log();
 }
 
 INSTANTIATE_TEST_SUITE_P(Rings, VhostUser, ::testing::Values(false, true),

@@ -93,6 +93,7 @@ VhostFrontend::~VhostFrontend() {
   for (Region& region : regions_) {
     if (region.host != nullptr) ::munmap(region.host, region.spec.size);
   }
+  if (log_ != nullptr) ::munmap(log_, log_map_bytes_);
 }
 
 Result<std::unique_ptr<VhostFrontend>> VhostFrontend::create(Fd socket, Options options) {
@@ -371,6 +372,10 @@ Result<void> VhostFrontend::setup_queue(uint32_t index, uint16_t size, bool enab
   addr.desc_user_addr = uva(r.layout.desc);
   addr.avail_user_addr = uva(r.layout.driver);
   addr.used_user_addr = uva(r.layout.device);
+  if (logging_) {
+    addr.flags = vhost::kVringFlagLog;
+    addr.log_guest_addr = r.layout.device;
+  }
   if (auto ok = request(Request::kSetVringAddr, bytes(addr)); !ok) return ok;
   const int kick_fd = r.kick.get();
   if (auto ok = request(Request::kSetVringKick, bytes(uint64_t{index}),
@@ -388,6 +393,80 @@ Result<void> VhostFrontend::setup_queue(uint32_t index, uint16_t size, bool enab
     return set_vring_enable(index, true);
   }
   return {};
+}
+
+Result<void> VhostFrontend::set_log_base(uint64_t bytes_wanted, uint64_t offset) {
+  Fd fd(::memfd_create("vhost-frontend-log", MFD_CLOEXEC));
+  if (!fd) return sys_fail("memfd_create", errno);
+  if (::ftruncate(fd.get(), static_cast<off_t>(offset + bytes_wanted)) != 0) {
+    return sys_fail("ftruncate dirty log", errno);
+  }
+  const uint64_t map_bytes = offset + bytes_wanted;
+  void* host = ::mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  if (host == MAP_FAILED) return sys_fail("mmap dirty log", errno);
+  if (log_ != nullptr) ::munmap(log_, log_map_bytes_);
+  log_ = static_cast<std::byte*>(host) + offset;
+  log_bytes_ = bytes_wanted;
+  log_map_bytes_ = map_bytes;
+  log_fd_ = std::move(fd);
+  const vhost::LogDescription desc{bytes_wanted, offset};
+  const int log_fd = log_fd_.get();
+  if (auto ok = send(Request::kSetLogBase, bytes(desc), std::span<const int>(&log_fd, 1)); !ok) {
+    return ok;
+  }
+  auto reply = wait_reply(Request::kSetLogBase);
+  if (!reply) return std::unexpected(std::move(reply.error()));
+  return {};
+}
+
+uint64_t VhostFrontend::log_bytes_needed() const noexcept {
+  uint64_t end = 0;
+  for (const Region& r : regions_) end = std::max(end, r.spec.gpa + r.spec.size);
+  // QEMU sizes it in u64 chunks of 64 pages.
+  const uint64_t chunk = 64 * 4096;
+  return (end + chunk - 1) / chunk * 8;
+}
+
+Result<void> VhostFrontend::set_logging(bool on) {
+  // SPEC: vhost-user.rst "Migration": logging starts and stops with SET_FEATURES (LOG_ALL)
+  // and SET_VRING_ADDR (VHOST_VRING_F_LOG), in the order QEMU's vhost_dev_set_log() uses.
+  const uint64_t features =
+      on ? acked_features_ | vhost::kFeatureLogAll : acked_features_ & ~vhost::kFeatureLogAll;
+  if (auto ok = request_u64(Request::kSetFeatures, features); !ok) return ok;
+  acked_features_ = features;
+  logging_ = on;
+  for (uint32_t index = 0; index < rings_.size(); ++index) {
+    const Ring* r = rings_[index].get();
+    if (r == nullptr) continue;
+    vhost::VringAddr addr;
+    addr.index = index;
+    addr.desc_user_addr = uva(r->layout.desc);
+    addr.avail_user_addr = uva(r->layout.driver);
+    addr.used_user_addr = uva(r->layout.device);
+    if (on) {
+      addr.flags = vhost::kVringFlagLog;
+      addr.log_guest_addr = r->layout.device;
+    }
+    if (auto ok = request(Request::kSetVringAddr, bytes(addr)); !ok) return ok;
+  }
+  return sync();
+}
+
+std::vector<uint64_t> VhostFrontend::dirty_pages() const {
+  std::vector<uint64_t> pages;
+  for (uint64_t i = 0; i < log_bytes_; ++i) {
+    const auto byte = std::atomic_ref<uint8_t>(*reinterpret_cast<uint8_t*>(log_ + i)).load();
+    for (uint32_t b = 0; b < 8; ++b) {
+      if ((byte >> b & 1) != 0) pages.push_back(i * 8 + b);
+    }
+  }
+  return pages;
+}
+
+void VhostFrontend::clear_dirty_log() {
+  for (uint64_t i = 0; i < log_bytes_; ++i) {
+    std::atomic_ref<uint8_t>(*reinterpret_cast<uint8_t*>(log_ + i)).exchange(0);
+  }
 }
 
 Result<uint32_t> VhostFrontend::get_vring_base(uint32_t index) {

@@ -131,6 +131,24 @@ class VhostFrontend {
   Result<void> add_mem_reg(uint32_t region);
   Result<void> rem_mem_reg(uint32_t region);
 
+  // --- Live migration: the dirty log, as QEMU's vhost_migration_log() drives it ------------
+
+  /// Creates a log of `bytes` bytes (a memfd, zeroed) and sends SET_LOG_BASE with it
+  /// (LOG_SHMFD: the 16-byte description and the fd), then waits for the back-end's answer.
+  /// `offset` is the log's offset in the file (the file holds offset + bytes).
+  Result<void> set_log_base(uint64_t bytes, uint64_t offset = 0);
+  /// Bytes a log needs to cover every region (QEMU's vhost_get_log_size, in bytes).
+  uint64_t log_bytes_needed() const noexcept;
+  /// Turns logging on or off as QEMU does: SET_FEATURES with or without VHOST_F_LOG_ALL,
+  /// then SET_VRING_ADDR of every ring set up, with VHOST_VRING_F_LOG and log_guest_addr =
+  /// the used ring's (split) or device area's (packed) guest address, or without them.
+  /// Rings set up later carry the flag too while logging is on.
+  Result<void> set_logging(bool on);
+  /// Guest pages (guest-physical address / 4096) whose bit is set in the log, ascending.
+  std::vector<uint64_t> dirty_pages() const;
+  /// Clears the log (what QEMU does when it syncs it).
+  void clear_dirty_log();
+
   /// Lays out ring `index` with `size` entries (split or packed, per the acked features) in
   /// region 0, plus one buffer per entry, and sends SET_VRING_NUM, _BASE, _ADDR, _KICK,
   /// _CALL, then (if `enable`) SET_VRING_ENABLE 1 when VHOST_USER_F_PROTOCOL_FEATURES was
@@ -232,6 +250,12 @@ class VhostFrontend {
   uint64_t acked_protocol_features_ = 0;
   uint64_t queue_num_ = 0;
   uint64_t max_mem_slots_ = 0;
+  // The dirty log (set_log_base), mapped here.
+  Fd log_fd_;
+  std::byte* log_ = nullptr;
+  uint64_t log_bytes_ = 0;
+  uint64_t log_map_bytes_ = 0;
+  bool logging_ = false;
 };
 
 }  // namespace vp::test

@@ -282,6 +282,17 @@ TEST(FormatShow, features_and_tun_offloads_are_named) {
   for (const char* name : {"CSUM", "TSO4", "TSO6"}) EXPECT_TRUE(contains(offloads, name));
 }
 
+TEST(FormatShow, a_migrating_session_shows_dirty_logging_and_the_pages_logged) {
+  json d = described(vp0(), "up", true, 0);
+  d["status"]["session"] = {{"features", "VERSION_1"}, {"ring", "split"},
+                            {"queues_running", 2},     {"queues", 2},
+                            {"refused_messages", 0},   {"dirty_logging", true}};
+  d["status"]["counters"] = {{"dirty_pages_logged", 42}};
+  EXPECT_EQ(show_value(format_show(d), "dirty logging"), "on (42 pages logged)");
+  d["status"]["session"]["dirty_logging"] = false;
+  EXPECT_EQ(show_value(format_show(d), "dirty logging"), "off (42 pages logged)");
+}
+
 TEST(FormatShow, values_start_in_one_column) {
   const std::string out = format_show(described(vp0(), "up", true, 0));
   size_t column = std::string::npos;

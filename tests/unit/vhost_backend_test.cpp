@@ -45,7 +45,7 @@ constexpr uint64_t kNetMac = uint64_t{1} << 5;
 constexpr uint64_t kNetMrgRxbuf = uint64_t{1} << 15;
 constexpr uint64_t kNetStatus = uint64_t{1} << 16;
 constexpr uint64_t kNetMq = uint64_t{1} << 22;
-// What the fake device offers, including two bits the engine must withhold.
+// What the fake device offers, including a bit the engine must withhold (ACCESS_PLATFORM).
 constexpr uint64_t kDeviceFeatures = virtio::kFeatureVersion1 | virtio::kFeatureEventIdx |
                                      virtio::kFeatureIndirectDesc | virtio::kFeatureRingPacked |
                                      kNetCsum | kNetMtu | kNetMac | kNetMrgRxbuf | kNetStatus |
@@ -229,7 +229,7 @@ class VhostBackend : public ::testing::Test {
 
 TEST_F(VhostBackend, qemu_negotiation_then_rings_start_disabled_until_set_vring_enable) {
   ASSERT_TRUE(succeeded(frontend_->negotiate(~uint64_t{0}, kQemu72ProtocolFeatures)));
-  // GET_FEATURES: the device's offer plus PROTOCOL_FEATURES, without LOG_ALL/ACCESS_PLATFORM.
+  // GET_FEATURES: the device's offer plus PROTOCOL_FEATURES, without ACCESS_PLATFORM.
   const uint64_t expected = (kDeviceFeatures & ~kEngineWithheldFeatures) | kFeatureProtocolFeatures;
   EXPECT_EQ(frontend_->acked_features(), expected);
   EXPECT_EQ(backend_->acked_features(), expected);
@@ -588,14 +588,15 @@ TEST_F(VhostBackend, get_config_past_the_config_space_closes_the_connection) {
   EXPECT_EQ(*again, Backend::Status::kClosed);
 }
 
-TEST_F(VhostBackend, set_config_and_set_log_fd_are_refused_politely) {
+TEST_F(VhostBackend, set_config_is_refused_politely_and_set_log_fd_is_kept) {
   start_session();
   const Config write = config_request(0, 6);
   EXPECT_EQ(ack_of(Request::kSetConfig, bytes(write).first(kConfigHeadSize + 6)), 1u);
+  // SET_LOG_FD (live migration's optional log notifier) is accepted; vpd never signals it.
   Fd log(::eventfd(0, EFD_CLOEXEC));
   const int fd = log.get();
-  EXPECT_EQ(ack_of(Request::kSetLogFd, {}, std::span<const int>(&fd, 1)), 1u);
-  EXPECT_EQ(counters().refused_by_handler, 2u);
+  EXPECT_EQ(ack_of(Request::kSetLogFd, {}, std::span<const int>(&fd, 1)), 0u);
+  EXPECT_EQ(counters().refused_by_handler, 1u);
   EXPECT_TRUE(succeeded(frontend_->get_u64(Request::kGetFeatures)));
 }
 
@@ -863,9 +864,9 @@ TEST_F(VhostBackend, ring_addresses_outside_guest_memory_are_refused_and_the_rin
   addr = good;
   addr.used_user_addr = good.desc_user_addr + 64;
   EXPECT_EQ(ack_of(Request::kSetVringAddr, bytes(addr)), 1u);
-  // The log flag needs LOG_ALL, never offered.
+  // A flag the spec does not define (VHOST_VRING_F_LOG, bit 0, is the only one).
   addr = good;
-  addr.flags = kVringFlagLog;
+  addr.flags = kVringFlagLog << 1;
   EXPECT_EQ(ack_of(Request::kSetVringAddr, bytes(addr)), 1u);
   EXPECT_EQ(counters().refused_by_handler, 5u);
 
@@ -978,8 +979,8 @@ TEST_F(VhostBackend, features_not_offered_or_refused_by_the_device_leave_the_old
   start_session();
   const uint64_t acked = backend_->acked_features();
   EXPECT_EQ(ack_of(Request::kSetFeatures, bytes(acked | (uint64_t{1} << 63))), 1u);
-  EXPECT_EQ(ack_of(Request::kSetFeatures, bytes(acked | kFeatureLogAll)), 1u);
-  EXPECT_EQ(ack_of(Request::kSetProtocolFeatures, bytes(bit(ProtocolFeature::kLogShmfd))), 1u);
+  EXPECT_EQ(ack_of(Request::kSetFeatures, bytes(acked | kFeatureAccessPlatform)), 1u);
+  EXPECT_EQ(ack_of(Request::kSetProtocolFeatures, bytes(bit(ProtocolFeature::kInflightShmfd))), 1u);
   device_.refuse_features = true;
   EXPECT_EQ(ack_of(Request::kSetFeatures, bytes(acked & ~kNetCsum)), 1u);
   EXPECT_EQ(backend_->acked_features(), acked);
@@ -1141,6 +1142,120 @@ TEST_F(VhostBackend, random_well_framed_messages_never_crash_the_engine_or_leak_
   EXPECT_GT(handled, 1000u);
   EXPECT_GT(refused, 1000u);
   RecordProperty("sessions", sessions);
+}
+
+}  // namespace
+}  // namespace vp::vhost
+
+namespace vp::vhost {
+namespace {
+
+// --- Dirty logging (live migration) --------------------------------------------------------
+
+uint64_t page_of(uint64_t gpa) { return gpa / virtio::kLogPageSize; }
+
+TEST_F(VhostBackend, set_log_base_answers_zero_and_logging_follows_log_all_and_the_vring_flag) {
+  start_session(~kFeatureLogAll);
+  EXPECT_NE(frontend_->acked_protocol_features() & bit(ProtocolFeature::kLogShmfd), 0u);
+  ASSERT_TRUE(succeeded(frontend_->setup_queue(0, 16)));
+  // The answer is a u64 0 (the frontend would fail on anything but a SET_LOG_BASE reply).
+  ASSERT_TRUE(succeeded(frontend_->set_log_base(frontend_->log_bytes_needed())));
+  EXPECT_EQ(counters().log_bases_set, 1u);
+  EXPECT_FALSE(backend_->logging());  // LOG_ALL not acked yet
+  EXPECT_TRUE(backend_->vring(0).started);
+
+  ASSERT_TRUE(succeeded(frontend_->set_logging(true)));
+  EXPECT_TRUE(backend_->logging());
+  Vring& rx = backend_->vring(0);
+  ASSERT_TRUE(rx.started);
+  EXPECT_TRUE(std::visit([](const auto& q) { return q.logging(); }, rx.queue));
+
+  // The data plane's part: a buffer filled (log_written) and given back.
+  auto id = frontend_->post_rx(0, 100);
+  ASSERT_TRUE(succeeded(id));
+  ASSERT_TRUE(succeeded(frontend_->kick(0)));
+  auto popped = pop(rx);
+  ASSERT_EQ(popped.size(), 1u);
+  std::visit([&](auto& q) { q.log_written(popped[0].writable, 100); }, rx.queue);
+  complete(rx, popped[0].head, 100);
+  const auto layout = frontend_->layout(0);
+  ASSERT_TRUE(layout);
+  const auto* buffer = frontend_->buffer(0, *id).data();
+  const uint64_t buffer_gpa =
+      frontend_->region(0).gpa + (reinterpret_cast<uint64_t>(buffer) - frontend_->region_uva(0));
+  std::set<uint64_t> expected{page_of(buffer_gpa), page_of(buffer_gpa + 99),
+                              page_of(layout->device + 2), page_of(layout->device + 4)};
+  const auto dirty = frontend_->dirty_pages();
+  EXPECT_EQ(std::set<uint64_t>(dirty.begin(), dirty.end()), expected);
+
+  // Logging off: nothing more is marked.
+  ASSERT_TRUE(succeeded(frontend_->set_logging(false)));
+  EXPECT_FALSE(backend_->logging());
+  frontend_->clear_dirty_log();
+  ASSERT_TRUE(succeeded(frontend_->post_rx(0, 100)));
+  popped = pop(rx);
+  ASSERT_EQ(popped.size(), 1u);
+  std::visit([&](auto& q) { q.log_written(popped[0].writable, 100); }, rx.queue);
+  complete(rx, popped[0].head, 100);
+  EXPECT_TRUE(frontend_->dirty_pages().empty());
+}
+
+TEST_F(VhostBackend, a_second_log_base_replaces_the_first_with_rings_stopped_around_it) {
+  start_session(~kFeatureLogAll);
+  ASSERT_TRUE(succeeded(frontend_->setup_queue(0, 16)));
+  ASSERT_TRUE(succeeded(frontend_->set_log_base(frontend_->log_bytes_needed())));
+  device_.take();
+  ASSERT_TRUE(succeeded(frontend_->set_log_base(2 * frontend_->log_bytes_needed(), 4096)));
+  EXPECT_EQ(device_.take(), words({"stop 0", "start 0"}));
+  EXPECT_EQ(counters().log_bases_set, 2u);
+  EXPECT_EQ(backend_->dirty_log().bytes(), 2 * frontend_->log_bytes_needed());
+}
+
+// A SET_LOG_BASE vpd cannot take ends the session: the front-end waits for an answer that
+// would say it worked.
+class VhostBackendBadLog : public VhostBackend {
+ protected:
+  // Sends SET_LOG_BASE with `desc` and `fd` and expects the session to end naming `what`.
+  void expect_refused(const LogDescription& desc, int fd, std::string_view what) {
+    start_session(~kFeatureLogAll);
+    ASSERT_TRUE(succeeded(
+        frontend_->send(Request::kSetLogBase, bytes(desc), std::span<const int>(&fd, 1))));
+    EXPECT_TRUE(
+        fails_with(backend_->on_readable(), std::string(error::kProtocol), {"SET_LOG_BASE", what}));
+    EXPECT_EQ(counters().closed_on_refusal, 1u);
+    EXPECT_TRUE(backend_->closed());
+  }
+  Fd memfd(uint64_t size) {
+    Fd fd(::memfd_create("log", MFD_CLOEXEC));
+    EXPECT_EQ(::ftruncate(fd.get(), static_cast<off_t>(size)), 0);
+    return fd;
+  }
+};
+
+TEST_F(VhostBackendBadLog, size_zero) {
+  Fd fd = memfd(4096);
+  expect_refused({0, 0}, fd.get(), "the log size is 0");
+}
+
+TEST_F(VhostBackendBadLog, offset_plus_size_wraps) {
+  Fd fd = memfd(4096);
+  expect_refused({4096, ~uint64_t{0} - 100}, fd.get(), "wraps");
+}
+
+TEST_F(VhostBackendBadLog, log_past_the_end_of_its_file) {
+  Fd fd = memfd(4096);
+  expect_refused({4096 * 16, 4096}, fd.get(), "the file holds 4096 bytes");
+}
+
+TEST_F(VhostBackendBadLog, fd_that_is_not_a_memory_file) {
+  Fd fd(::eventfd(0, EFD_CLOEXEC));
+  expect_refused({4096, 0}, fd.get(), "not a memory file");
+}
+
+TEST_F(VhostBackendBadLog, log_too_small_for_guest_memory) {
+  // The default guest memory ends at 4 GiB + 4 MiB: one byte of log covers 32 KiB.
+  Fd fd = memfd(4096);
+  expect_refused({4096, 0}, fd.get(), "its regions end at");
 }
 
 }  // namespace
