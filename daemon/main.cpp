@@ -26,6 +26,7 @@
 #include "daemon/dataplane.hpp"
 #include "daemon/options.hpp"
 #include "daemon/registry.hpp"
+#include "net/link_events.hpp"
 #include "net/mac.hpp"
 #include "sys/log.hpp"
 #include "sys/str.hpp"
@@ -197,6 +198,16 @@ class ControlLoop {
     start_tick();
     watch_readable(epoll_.get(), sigfd_.get());
     watch_readable(epoll_.get(), timer_.get());
+    // Changes behind vpd's back: without the subscription vpd still works, but no longer
+    // notices them (said once).
+    std::optional<net::LinkEvents> links;
+    if (auto opened = net::LinkEvents::open()) {
+      links.emplace(std::move(*opened));
+      watch_readable(epoll_.get(), links->fd());
+    } else {
+      log::warning("not watching link changes: ", opened.error().message,
+                   "; changes made behind vpd's back go unnoticed");
+    }
     log::notice("vpd ", kVersion, " ready: ", registry_.size(), " endpoint",
                 registry_.size() == 1 ? "" : "s", ", control socket ", socket_path_,
                 activated ? " (from systemd)" : "");
@@ -220,6 +231,11 @@ class ControlLoop {
           (void)!::read(timer_.get(), &ticks, sizeof ticks);
           if (watchdog_) pet_watchdog();
           server.sweep_idle();
+        } else if (links && fd == links->fd()) {
+          if (!links->drain([&](const net::LinkEvent& ev) { registry_.on_link_event(ev); })) {
+            registry_.mark_all();
+          }
+          registry_.reconcile_marked();
         } else if (server.owns(fd)) {
           server.on_event(fd, events[i].events);
         }

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "daemon/endpoint.hpp"
 #include "daemon/steps.hpp"
 #include "net/link.hpp"
+#include "net/link_events.hpp"
 #include "net/tap.hpp"
 #include "sys/error.hpp"
 #include "sys/unix_socket.hpp"
@@ -49,6 +51,14 @@ class Registry {
 
   /// Serves one control request.
   control::Response handle(const control::Request& request, const Caller& caller);
+
+  /// Changes made behind vpd's back (daemon/link_watch.cpp). A link event marks the
+  /// endpoints it may concern; reconcile_marked() then compares each with the kernel and,
+  /// where they differ, puts back what vpd owns or records why it cannot.
+  void on_link_event(const net::LinkEvent& event);
+  /// Events were lost: every endpoint is looked at again.
+  void mark_all();
+  void reconcile_marked();
 
   size_t size() const { return endpoints_.size(); }
   /// Endpoints with problems.
@@ -110,6 +120,8 @@ class Registry {
   Paths paths_;
   std::string machine_id_;
   std::map<std::string, Endpoint> endpoints_;
+  /// Endpoints a link event may concern, until reconcile_marked() looks at them.
+  std::set<std::string> marked_;
   /// Records in the journal since the last compaction.
   size_t journal_records_ = 0;
 };
