@@ -9,9 +9,7 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <fstream>
 #include <regex>
-#include <sstream>
 #include <string>
 
 #include "support/guest.hpp"
@@ -22,13 +20,6 @@ namespace {
 
 constexpr const char* kRouter = "10.77.0.1";
 constexpr const char* kGuestMac = "52:54:00:00:00:02";
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 class DhcpE2E : public ::testing::Test {
  protected:
@@ -67,10 +58,10 @@ class DhcpE2E : public ::testing::Test {
   }
 
   void TearDown() override {
-    const std::string pid = read_file(dir_.path() + "/dnsmasq.pid");
+    const std::string pid = file_text(dir_.path() + "/dnsmasq.pid");
     if (!pid.empty()) ::kill(std::stoi(pid), SIGTERM);
     if (HasFailure()) {
-      std::cerr << "---- dnsmasq log ----\n" << read_file(dir_.path() + "/dnsmasq.log");
+      std::cerr << "---- dnsmasq log ----\n" << file_text(dir_.path() + "/dnsmasq.log");
       if (vpd_) std::cerr << "---- vpd log ----\n" << vpd_->log();
     }
   }
@@ -116,7 +107,7 @@ TEST_F(DhcpE2E, guest_gets_its_address_from_the_lan_by_dhcp_and_reaches_the_rout
   guest.wait_exit(std::chrono::seconds(60));
 
   // dnsmasq's side: it leased that address to the guest's MAC.
-  const std::string leases = read_file(dir_.path() + "/leases");
+  const std::string leases = file_text(dir_.path() + "/leases");
   EXPECT_NE(leases.find(std::string(kGuestMac) + " " + m[1].str()), std::string::npos) << leases;
   const auto counters = vpd_->ctl_json({"vp0"})["status"]["counters"];
   EXPECT_GE(counters.value("tx_packets", 0u), 4u) << "DISCOVER, REQUEST, pings";

@@ -15,7 +15,6 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <thread>
 
@@ -28,13 +27,6 @@ namespace {
 constexpr uid_t kUser = 65534;  // nobody: libvirt's QEMU runs as this user
 constexpr gid_t kGroup = 65534;
 constexpr const char* kGuestMac = "52:54:00:00:00:02";
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 class LibvirtE2E : public ::testing::Test {
  protected:
@@ -71,13 +63,13 @@ class LibvirtE2E : public ::testing::Test {
     // libvirtd, and the virtlogd it started for the domain's log.
     for (const char* daemon : {"libvirtd", "virtlogd"}) {
       const std::string pid =
-          read_file(dir_.path() + "/xdg-run/libvirt/" + std::string(daemon) + ".pid");
+          file_text(dir_.path() + "/xdg-run/libvirt/" + std::string(daemon) + ".pid");
       if (!pid.empty()) ::kill(std::stoi(pid), SIGTERM);
     }
     if (HasFailure()) {
       std::cerr << "---- console ----\n"
-                << read_file(home_ + "/console") << "---- QEMU log ----\n"
-                << read_file(home_ + "/.cache/libvirt/qemu/log/vpdguest.log");
+                << file_text(home_ + "/console") << "---- QEMU log ----\n"
+                << file_text(home_ + "/.cache/libvirt/qemu/log/vpdguest.log");
       if (vpd_) std::cerr << "---- vpd log ----\n" << vpd_->log();
     }
   }
@@ -156,7 +148,7 @@ class LibvirtE2E : public ::testing::Test {
   bool console_shows(const std::string& needle, size_t from, std::chrono::seconds timeout) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (std::chrono::steady_clock::now() < deadline) {
-      const std::string c = read_file(home_ + "/console");
+      const std::string c = file_text(home_ + "/console");
       if (c.size() > from && c.find(needle, from) != std::string::npos) return true;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
@@ -185,7 +177,7 @@ TEST_F(LibvirtE2E, domain_dials_vpd_pings_the_bridge_and_resumes_after_vpd_resta
                    "' mode='client'><reconnect enabled='yes' timeout='1'/></source>",
                90);
   ASSERT_TRUE(console_shows("VP-E2E-RESULT:", 0, std::chrono::seconds(120)))
-      << read_file(home_ + "/console");
+      << file_text(home_ + "/console");
   EXPECT_TRUE(console_shows("VP-E2E-RESULT: ok", 0, std::chrono::seconds(1)));
 
   const vp::test::Run list = virsh({"domiflist", "vpdguest"});
@@ -199,9 +191,9 @@ TEST_F(LibvirtE2E, domain_dials_vpd_pings_the_bridge_and_resumes_after_vpd_resta
   vpd_->kill9();
   std::this_thread::sleep_for(std::chrono::seconds(2));
   ASSERT_EQ(vpd_->start(), "");
-  const size_t mark = read_file(home_ + "/console").size();
+  const size_t mark = file_text(home_ + "/console").size();
   EXPECT_TRUE(console_shows("VP-E2E-PING: ok", mark, std::chrono::seconds(60)))
-      << read_file(home_ + "/console").substr(mark) << vpd_->log();
+      << file_text(home_ + "/console").substr(mark) << vpd_->log();
 }
 
 TEST_F(LibvirtE2E, domain_serves_the_socket_and_vpd_dials_it) {
@@ -215,9 +207,9 @@ TEST_F(LibvirtE2E, domain_serves_the_socket_and_vpd_dials_it) {
       << vpd_->log();
   start_domain("<source type='unix' path='" + sock + "' mode='server'/>", 0);
   ASSERT_TRUE(console_shows("VP-E2E-RESULT:", 0, std::chrono::seconds(120)))
-      << read_file(home_ + "/console");
+      << file_text(home_ + "/console");
   EXPECT_TRUE(console_shows("VP-E2E-RESULT: ok", 0, std::chrono::seconds(1)))
-      << read_file(home_ + "/console");
+      << file_text(home_ + "/console");
 }
 
 }  // namespace

@@ -12,9 +12,7 @@
 #include <array>
 #include <chrono>
 #include <cstring>
-#include <fstream>
 #include <optional>
-#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -32,13 +30,6 @@ constexpr uint32_t kTx = 1;
 constexpr uint16_t kEtherType = 0x88b5;  // IEEE local experimental: no stack takes it
 constexpr std::array<uint8_t, 6> kGuestMac{0x52, 0x54, 0x00, 0x0f, 0x5e, 0x01};
 constexpr std::array<uint8_t, 6> kLanMac{0x52, 0x54, 0x00, 0x0f, 0x5e, 0x02};
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 // Ethernet to `dst` from `src`, kEtherType, a payload of `n` pattern bytes.
 std::vector<std::byte> frame(const std::array<uint8_t, 6>& dst, const std::array<uint8_t, 6>& src,
@@ -84,12 +75,12 @@ class OpenVSwitch : public ::testing::Test {
   void TearDown() override {
     fe_.reset();
     if (HasFailure()) {
-      std::cerr << "---- ovs-vswitchd log ----\n" << read_file(dir_.path() + "/vswitchd.log");
+      std::cerr << "---- ovs-vswitchd log ----\n" << file_text(dir_.path() + "/vswitchd.log");
       if (vpd_) std::cerr << "---- vpd log ----\n" << vpd_->log();
     }
     vpd_.reset();
     for (const char* pidfile : {"/vswitchd.pid", "/ovsdb.pid"}) {
-      const std::string pid = read_file(dir_.path() + pidfile);
+      const std::string pid = file_text(dir_.path() + pidfile);
       if (!pid.empty()) ::kill(std::stoi(pid), SIGTERM);
     }
   }

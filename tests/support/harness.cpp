@@ -162,6 +162,13 @@ Fd packet_socket(const std::string& ifname, int flags) {
   return fd;
 }
 
+std::string file_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
 bool sh(const std::string& command) { return std::system(command.c_str()) == 0; }
 
 TempDir::TempDir() {

@@ -35,6 +35,8 @@ nlohmann::json ip_json(const std::vector<std::string>& args);
 nlohmann::json link_json(const std::string& name);
 /// "A/N" strings of the global addresses of NAME.
 std::vector<std::string> addresses_of(const std::string& name);
+/// The bytes of a file, "" when it cannot be read.
+std::string file_text(const std::string& path);
 /// Runs a shell command; true when it exits 0.
 bool sh(const std::string& command);
 /// An AF_PACKET socket bound to interface `ifname` for every protocol (ETH_P_ALL): it sees
