@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -115,6 +116,9 @@ TEST(VhostUserMigrationE2E, guest_moves_from_vp0_to_vp1_and_pings_the_bridge_fro
   }
   ASSERT_TRUE(ready) << target.console() << "\nvpd log:\n" << vpd.log();
 
+  // What vpd puts into vp1 (frames the bridge receives from the target's port).
+  Fd vp1_frames = packet_socket("vp1", SOCK_NONBLOCK);
+  ASSERT_TRUE(vp1_frames);
   Monitor monitor;
   ASSERT_EQ(monitor.open(dir.path() + "/monitor-source"), "");
   const std::string started = monitor.command("migrate -d unix:" + incoming);
@@ -154,8 +158,21 @@ TEST(VhostUserMigrationE2E, guest_moves_from_vp0_to_vp1_and_pings_the_bridge_fro
   EXPECT_GT(vp1["counters"].value("rx_packets", 0u), 0u) << vp1.dump(2);
   EXPECT_EQ(vp1["session"].value("refused_messages", 1u), 0u) << vp1.dump(2) << vpd.log();
   EXPECT_FALSE(vp1["session"].value("dirty_logging", true)) << "the target does not log";
-  // QEMU asked vp1 to announce the guest (SEND_RARP): the bridge learnt where it went.
+  // QEMU asked vp1 to announce the guest (SEND_RARP): a RARP broadcast from the guest's MAC
+  // came in through vp1, and the bridge has the guest behind vp1.
   EXPECT_NE(vpd.log().find("announced the guest's MAC"), std::string::npos) << vpd.log();
+  bool rarp = false;
+  uint8_t frame[2048];
+  for (int i = 0; i < 2000 && !rarp; ++i) {
+    const ssize_t n = ::recv(vp1_frames.get(), frame, sizeof frame, 0);
+    if (n < 0) break;  // everything queued has been read
+    const uint8_t guest[6] = {0x52, 0x54, 0x00, 0x00, 0x00, 0x02};
+    rarp = n >= 42 && frame[12] == 0x80 && frame[13] == 0x35 &&
+           std::memcmp(frame + 6, guest, 6) == 0 && frame[0] == 0xff;
+  }
+  EXPECT_TRUE(rarp) << "no RARP broadcast from 52:54:00:00:00:02 through vp1";
+  const vp::test::Run fdb = run({"bridge", "fdb", "show", "br", "br0"});
+  EXPECT_NE(fdb.out.find("52:54:00:00:00:02 dev vp1"), std::string::npos) << fdb.out;
 }
 
 }  // namespace
