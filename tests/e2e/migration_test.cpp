@@ -145,6 +145,20 @@ TEST(VhostUserMigrationE2E, guest_moves_from_vp0_to_vp1_and_pings_the_bridge_fro
   EXPECT_GT(vp0["counters"].value("dirty_pages_logged", 0u), 0u) << vp0.dump(2);
   EXPECT_EQ(vp0["session"].value("refused_messages", 1u), 0u) << vp0.dump(2) << vpd.log();
 
+  // The source's rings stopped at GET_VRING_BASE: frames sent out of vp0 now (straight into
+  // its TAP, past the bridge) reach no guest memory there: vpd delivers nothing more.
+  EXPECT_EQ(vp0["session"].value("queues_running", 1u), 0u) << vp0.dump(2);
+  {
+    const uint64_t before = vp0["counters"].value("rx_packets", 0ull);
+    Fd br = packet_socket("vp0");
+    ASSERT_TRUE(br);
+    uint8_t bcast[60] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 0x01, 0x88, 0xb5};
+    for (int i = 0; i < 20; ++i) EXPECT_EQ(::send(br.get(), bcast, sizeof bcast, 0), 60);
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    const auto after = vpd.ctl_json({"vp0"})["status"];
+    EXPECT_EQ(after["counters"].value("rx_packets", 0ull), before) << after.dump(2);
+  }
+
   // The guest runs on: its pings, printed by the target now, go out through vp1.
   bool pinged = false;
   for (int i = 0; i < 1200 && !pinged; ++i) {
