@@ -76,6 +76,7 @@ json Registry::describe(const Endpoint& e) {
           {"refused_messages", v->refused_messages},
           {"broken_queues", v->broken_queues},
       };
+      if (!v->tx_path.empty()) status["session"]["tx_path"] = v->tx_path;
       if (v->features) {
         status["tun_offloads"] = net::tun_offload_names(v->tun_offloads);
         status["vnet_hdr_len"] = v->hdr_len;

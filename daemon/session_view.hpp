@@ -47,6 +47,7 @@ struct SessionView {
   uint64_t refused_peers = 0;  // connections turned away by allow=
   uint64_t refused_messages = 0;
   std::vector<std::string> broken_queues;  // "rx0: avail-index-jump"
+  std::string tx_path;  // vhost-user: "io_uring" or "writev" (guest→host TAP writes)
   dataplane::NetCounters counters;
 };
 
