@@ -157,6 +157,7 @@ std::string format_show(const json& e) {
     const json& ses = *session;
     lines.emplace_back("negotiated", text(ses, "features"));
     lines.emplace_back("ring", text(ses, "ring"));
+    if (ses.contains("tx_path")) lines.emplace_back("tx path", text(ses, "tx_path"));
     lines.emplace_back("queues running",
                        text(ses, "queues_running") + " of " + text(ses, "queues"));
     lines.emplace_back("refused messages", text(ses, "refused_messages"));

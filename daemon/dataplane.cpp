@@ -6,13 +6,23 @@
 #include "daemon/stream_port.hpp"
 #include "daemon/vhost_user_port.hpp"
 #include "daemon/worker.hpp"
+#include "dataplane/tx_uring.hpp"
 #include "sys/log.hpp"
 
 namespace vp::daemon {
 
-Dataplane::Dataplane(unsigned workers) {
+Dataplane::Dataplane(unsigned workers, bool try_io_uring) {
+  if (!try_io_uring) {
+    log::info("guest->host path: writev (io_uring switched off by --no-io-uring)");
+  } else if (auto usable = dataplane::TxUring::probe(); !usable) {
+    // kernel.io_uring_disabled, a seccomp filter (EPERM, ENOSYS), an old kernel: said once.
+    log::warning("io_uring unavailable (", usable.error().message, "): using the writev path");
+  } else {
+    io_uring_ = true;
+    log::info("guest->host path: io_uring (one submission per batch of TAP writes)");
+  }
   for (unsigned i = 0; i < std::max(1u, workers); ++i) {
-    workers_.push_back(std::make_unique<Worker>(i));
+    workers_.push_back(std::make_unique<Worker>(i, io_uring_));
   }
 }
 

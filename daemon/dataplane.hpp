@@ -24,8 +24,10 @@ class Worker;
 
 class Dataplane {
  public:
-  /// Starts `workers` threads.
-  explicit Dataplane(unsigned workers);
+  /// Starts `workers` threads. With `try_io_uring`, guest→host TAP writes are batched with
+  /// io_uring if the kernel lets vpd set one up (checked once here; if not, vpd says why in
+  /// the log once and every queue uses writev); without it they always use writev.
+  explicit Dataplane(unsigned workers, bool try_io_uring = true);
   ~Dataplane();
   Dataplane(const Dataplane&) = delete;
   Dataplane& operator=(const Dataplane&) = delete;
@@ -50,11 +52,14 @@ class Dataplane {
   /// Never waits longer than `timeout`, whatever a wedged worker does; its late answer
   /// touches nothing of the caller's.
   bool responsive(std::chrono::milliseconds timeout) const;
+  /// True when transmit queues use io_uring (see the constructor).
+  bool io_uring() const { return io_uring_; }
 
  private:
   Worker& worker_of(const std::string& name) const;
 
   std::vector<std::unique_ptr<Worker>> workers_;
+  bool io_uring_ = false;
 };
 
 }  // namespace vp::daemon

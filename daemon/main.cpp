@@ -367,7 +367,7 @@ int run(const Options& o) {
     return 1;
   }
   // Data-path workers: one per core, at most 4; each owns whole endpoints.
-  Dataplane dataplane(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
+  Dataplane dataplane(std::clamp(std::thread::hardware_concurrency(), 1u, 4u), o.io_uring);
   Registry registry(std::move(*netlink), {o.runtime_dir, state_path}, net::read_machine_id(),
                     dataplane);
   sd_notify(0, "STATUS=restoring saved endpoints");

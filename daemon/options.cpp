@@ -19,6 +19,8 @@ const char* const kUsage =
     "  --state-dir DIR     where endpoints are saved (default /var/lib/vpd)\n"
     "  --check-config      check the config file and endpoint arguments, then exit\n"
     "  --verbose           log debug lines too\n"
+    "  --no-io-uring       write guest frames to the TAP with writev, one system call per\n"
+    "                      frame, even where io_uring is available\n"
     "  --version           print the version and exit\n"
     "  --help              print this help and exit\n"
     "\n"
@@ -54,6 +56,8 @@ Result<Options> parse_options(int argc, char** argv) {
       o.check_config = true;
     } else if (arg == "--verbose" || arg == "-v") {
       o.verbose = true;
+    } else if (arg == "--no-io-uring") {
+      o.io_uring = false;
     } else if (is("--config")) {
       ok = value(o.config);
     } else if (is("--runtime-dir")) {

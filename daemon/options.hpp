@@ -15,6 +15,7 @@ struct Options {
   bool version = false;
   bool help = false;
   bool verbose = false;
+  bool io_uring = true;                     // --no-io-uring: guest->host writes use writev only
   std::vector<std::string> endpoint_specs;  // io-pkt style peer=...,bind=...
 };
 

@@ -84,6 +84,9 @@ void Port::on_event(EventKind kind, uint16_t queue, uint32_t events) {
     case EventKind::kRedial:
       frontend_.on_redial_timer(session_open());
       break;
+    case EventKind::kUring:
+      on_uring(queue);
+      break;
   }
   publish();
 }

@@ -90,6 +90,8 @@ class Port {
   virtual void on_connection(uint32_t events) = 0;
   virtual void on_tap(uint16_t pair, uint32_t events) = 0;
   virtual void on_kick(uint16_t /*virtqueue*/) {}
+  /// Queue pair `pair`'s transmit io_uring has completions to reap.
+  virtual void on_uring(uint16_t /*pair*/) {}
   virtual void continue_pending() = 0;
   /// Fills the transport's fields of `v`; true if a guest negotiated features.
   virtual bool fill_view(SessionView& v) const = 0;

@@ -77,6 +77,7 @@ json Registry::describe(const Endpoint& e) {
           {"dirty_logging", v->dirty_logging},
           {"broken_queues", v->broken_queues},
       };
+      if (!v->tx_path.empty()) status["session"]["tx_path"] = v->tx_path;
       if (v->features) {
         status["tun_offloads"] = net::tun_offload_names(v->tun_offloads);
         status["vnet_hdr_len"] = v->hdr_len;

@@ -48,6 +48,7 @@ struct SessionView {
   uint64_t refused_messages = 0;
   bool dirty_logging = false;              // live migration: LOG_ALL acked and a log set
   std::vector<std::string> broken_queues;  // "rx0: avail-index-jump"
+  std::string tx_path;  // vhost-user: "io_uring" or "writev" (guest→host TAP writes)
   dataplane::NetCounters counters;
 };
 

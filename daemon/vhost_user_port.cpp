@@ -48,7 +48,8 @@ VhostUserPort::VhostUserPort(Worker& worker, uint32_t id, control::EndpointConfi
                              std::vector<net::Tap> taps, Fd listener,
                              std::shared_ptr<PortStatus> status)
     : Port(worker, id, std::move(config), std::move(status), "frontend"),
-      guest_mac_(control::guest_mac_of(config_, net::read_machine_id())) {
+      guest_mac_(control::guest_mac_of(config_, net::read_machine_id())),
+      io_uring_(worker.io_uring()) {
   pairs_.resize(taps.size());  // sized once: the worker's tags index it
   for (size_t p = 0; p < taps.size(); ++p) {
     Pair& pair = pairs_[p];
@@ -149,6 +150,7 @@ void VhostUserPort::on_queue_started(uint32_t index) {
     return;
   }
   watch_kick(index);
+  if (!is_rx(index)) start_tx_uring(p);
   (is_rx(index) ? pair.rx_running : pair.tx_running) = true;
   state_dirty_ = true;
   update_tap(p);
@@ -163,6 +165,7 @@ void VhostUserPort::on_queue_stopped(uint32_t index) {
   if (index >= num_queues()) return;
   const uint32_t p = index / 2;
   Pair& pair = pairs_[p];
+  if (!is_rx(index)) drain_tx_uring(p);
   if (!is_rx(index) && pair.tx_discarding) {
     pair.tx_kick.clear();
     pair.tx_discarding = pair.tx_pending = false;
@@ -222,6 +225,24 @@ bool VhostUserPort::fill_view(SessionView& v) const {
   v.queues_running = 0;
   for (const Pair& pair : pairs_) v.queues_running += pair.rx_running + pair.tx_running;
   v.hdr_len = backend_ && acked_ ? session_.hdr_len : 0;
+  // Guest→host writes: what the running transmit queues use, or before one runs, what they
+  // will try.
+  uint32_t tx_queues = 0;
+  uint32_t uring_queues = 0;
+  for (const Pair& pair : pairs_) {
+    if (!pair.tx_running) continue;
+    ++tx_queues;
+    if (pair.tx_uring) ++uring_queues;
+  }
+  if (tx_queues == 0) {
+    v.tx_path = io_uring_ ? "io_uring" : "writev";
+  } else if (uring_queues == tx_queues) {
+    v.tx_path = "io_uring";
+  } else if (uring_queues == 0) {
+    v.tx_path = "writev";
+  } else {
+    v.tx_path = str("io_uring on ", uring_queues, " of ", tx_queues, " queues, writev on the rest");
+  }
   v.tun_offloads = tun_offloads_;
   if (backend_) v.refused_messages = backend_->counters().requests_refused;
   v.dirty_logging = backend_ && backend_->logging();
@@ -263,6 +284,12 @@ void VhostUserPort::close_session(std::string_view why) {
   // session: unique_ptr::reset() clears the pointer before the destructor runs.
   backend_->close();
   backend_.reset();
+  // Every ring stopped above, so every io_uring is drained: nothing reads guest memory now.
+  for (Pair& pair : pairs_) {
+    pair.uring_interest.clear();
+    pair.tx_uring.reset();
+    pair.uring_failed = false;
+  }
   detach_idle_tap_queues();
   acked_ = 0;
   // Back to what the endpoint's settings say while no guest is attached.
@@ -380,20 +407,65 @@ void VhostUserPort::continue_pending() {
   }
 }
 
+void VhostUserPort::start_tx_uring(uint32_t p) {
+  Pair& pair = pairs_[p];
+  if (!io_uring_ || pair.tx_uring || pair.uring_failed) return;
+  auto ring = dataplane::TxUring::create(pair.tap.fd());
+  if (!ring) {
+    pair.uring_failed = true;
+    log::warning(name(), ": transmit queue ", p, ": io_uring unavailable (", ring.error().message,
+                 "): using the writev path");
+    return;
+  }
+  pair.tx_uring = std::move(*ring);
+  pair.uring_interest =
+      Interest(epoll(), pair.tx_uring->fd(), tag(EventKind::kUring, static_cast<uint16_t>(p)));
+}
+
+void VhostUserPort::drain_tx_uring(uint32_t p) {
+  Pair& pair = pairs_[p];
+  if (!pair.tx_uring) return;
+  if (!pair.tx_uring->idle()) {
+    vhost::Vring& v = backend_->vring(2 * p + 1);
+    std::visit([&](auto& q) { dataplane::drain_tx_uring(q, *pair.tx_uring, v.call.get(), local_); },
+               v.queue);
+  }
+  pair.uring_interest.set(0);
+}
+
+void VhostUserPort::on_uring(uint16_t p) {
+  if (!backend_ || p >= pairs()) return;
+  run_tx(p);
+}
+
 void VhostUserPort::run_tx(uint32_t p) {
   Pair& pair = pairs_[p];
   if (!pair.tx_running && !pair.tx_discarding) return;
   vhost::Vring& v = backend_->vring(2 * p + 1);
   pair.tx_pending = false;
+  dataplane::TxUring* uring = pair.tx_discarding ? nullptr : pair.tx_uring.get();
+  // A write the kernel parked completes later: watch the ring's fd until it has.
+  struct WatchCompletions {
+    Pair& pair;
+    dataplane::TxUring* uring;
+    ~WatchCompletions() {
+      if (uring) pair.uring_interest.set(uring->in_flight() > 0 ? uint32_t{EPOLLIN} : 0u);
+    }
+  } watch{pair, uring};
   for (int round = 0; round < kRoundsPerWake; ++round) {
     const dataplane::ForwardResult r = std::visit(
         [&](auto& q) {
           const uint64_t logged = q.counters().dirty_pages_logged;
-          const dataplane::ForwardResult result =
-              pair.tx_discarding
-                  ? dataplane::discard_tx(q, v.call.get(), session_, worker().scratch(), local_)
-                  : dataplane::forward_tx(q, pair.tap.fd(), v.call.get(), session_,
-                                          worker().scratch(), local_);
+          dataplane::ForwardResult result;
+          if (pair.tx_discarding) {
+            result = dataplane::discard_tx(q, v.call.get(), session_, worker().scratch(), local_);
+          } else if (uring) {
+            result = dataplane::forward_tx_uring(q, *uring, pair.tap.fd(), v.call.get(), session_,
+                                                 worker().scratch(), local_);
+          } else {
+            result = dataplane::forward_tx(q, pair.tap.fd(), v.call.get(), session_,
+                                           worker().scratch(), local_);
+          }
           local_.dirty_pages_logged += q.counters().dirty_pages_logged - logged;
           return result;
         },

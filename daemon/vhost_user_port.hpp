@@ -18,6 +18,7 @@
 
 #include "daemon/port.hpp"
 #include "dataplane/forward.hpp"
+#include "dataplane/tx_uring.hpp"
 #include "net/mac.hpp"
 #include "net/tap.hpp"
 #include "vhost/backend.hpp"
@@ -63,6 +64,12 @@ class VhostUserPort final : public Port, public vhost::Device {
     bool tx_discarding = false;
     // A frame read while the guest was refilling receiveq p, until it posts enough.
     dataplane::RxHold rx_hold;
+
+    // transmitq p's io_uring, set up when the ring first starts in a session (null: writev).
+    // It holds chains until their writes complete; on_queue_stopped() drains it.
+    std::unique_ptr<dataplane::TxUring> tx_uring;
+    Interest uring_interest;    // its fd, while writes are in flight
+    bool uring_failed = false;  // setting it up failed in this session: writev, said once
   };
 
   // SPEC: virtio 1.2 §5.1.2: receiveqN is virtqueue 2(N-1), transmitqN is 2(N-1)+1.
@@ -76,6 +83,7 @@ class VhostUserPort final : public Port, public vhost::Device {
   void on_connection(uint32_t events) override;
   void on_tap(uint16_t pair, uint32_t events) override;
   void on_kick(uint16_t virtqueue) override;
+  void on_uring(uint16_t pair) override;
   void continue_pending() override;
   bool fill_view(SessionView& v) const override;
 
@@ -85,6 +93,11 @@ class VhostUserPort final : public Port, public vhost::Device {
   void update_tap(uint32_t p);
   void detach_idle_tap_queues();
   void run_tx(uint32_t p);
+  /// Sets up pair p's transmit io_uring if the worker uses io_uring and it has none yet.
+  void start_tx_uring(uint32_t p);
+  /// Waits for every write pair p's io_uring has in flight and gives their chains back:
+  /// before transmitq p stops, nothing may read guest memory or write its used ring later.
+  void drain_tx_uring(uint32_t p);
   void run_rx(uint32_t p);
 
   net::Mac guest_mac_;
@@ -96,6 +109,7 @@ class VhostUserPort final : public Port, public vhost::Device {
   uint64_t acked_ = 0;
   unsigned tun_offloads_ = 0;
   bool carrier_ = false;
+  bool io_uring_ = false;  // the worker's choice: transmit queues try io_uring
 };
 
 }  // namespace vp::daemon

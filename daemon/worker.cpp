@@ -60,8 +60,9 @@ void Interest::clear() noexcept {
 
 // Worker ------------------------------------------------------------------------------------
 
-Worker::Worker(unsigned index)
+Worker::Worker(unsigned index, bool io_uring)
     : index_(index),
+      io_uring_(io_uring),
       epoll_(::epoll_create1(EPOLL_CLOEXEC)),
       wake_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
   epoll_event ev{};

@@ -32,6 +32,7 @@ enum class EventKind : uint8_t {
   kTap,           ///< a TAP queue; the tag's queue is the queue pair
   kKick,          ///< a virtqueue's kick eventfd; the tag's queue is the virtqueue
   kRedial,        ///< the peer= redial timer expired
+  kUring,         ///< a transmit queue's io_uring has completions; the tag's queue is the pair
 };
 
 /// One epoll tag: port id (high 32 bits), kind (bits 16-23) and queue index (low 16 bits).
@@ -90,7 +91,9 @@ class Worker {
   using MakePort = std::function<std::unique_ptr<Port>(Worker&, uint32_t id,
                                                        std::shared_ptr<PortStatus> status)>;
 
-  explicit Worker(unsigned index);
+  /// `io_uring`: transmit queues may batch their TAP writes with io_uring (the daemon found
+  /// it usable and was not told otherwise); false: every queue uses writev.
+  explicit Worker(unsigned index, bool io_uring = false);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -122,6 +125,7 @@ class Worker {
 
   int epoll() const { return epoll_.get(); }
   dataplane::NetScratch& scratch() { return scratch_; }
+  bool io_uring() const { return io_uring_; }
   /// `port` left work for later (budget used up): continue_work() once the epoll is idle.
   void mark_pending(Port* port) { pending_.push_back(port); }
   void forget_pending(Port* port) { std::erase(pending_, port); }
@@ -136,6 +140,7 @@ class Worker {
   void apply_priority();
 
   unsigned index_;
+  bool io_uring_;
   Fd epoll_;
   Fd wake_;
   std::thread thread_;

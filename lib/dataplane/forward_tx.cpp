@@ -7,6 +7,7 @@
 
 #include "dataplane/forward.hpp"
 #include "dataplane/forward_internal.hpp"
+#include "dataplane/tx_frame.hpp"
 #include "virtio/packed_queue.hpp"
 #include "virtio/split_queue.hpp"
 
@@ -14,7 +15,7 @@ namespace vp::dataplane {
 
 namespace {
 
-enum class TxOutcome : uint8_t { kSent, kDropped, kTapFull };
+using detail::TxOutcome;
 
 void count_header_fault(TxHeaderFault fault, NetCounters& c) noexcept {
   switch (fault) {
@@ -41,75 +42,13 @@ void count_header_fault(TxHeaderFault fault, NetCounters& c) noexcept {
   }
 }
 
-/// Checks one chain and writes its frame to the TAP. `chain.readable` is a subspan of the
-/// scratch array that starts at index 1, so the element before it is ours to overwrite.
+/// Checks one chain and writes its frame to the TAP.
 TxOutcome send_one(const virtio::Chain& chain, int tap_fd, const NetSession& s,
                    std::span<std::byte, NetScratch::kTxCopySize> hdr_copy,
                    NetCounters& c) noexcept {
-  const uint32_t hdr_len = s.hdr_len;
-  // GUEST: the chain's shape and lengths were bounded by the queue; the rules here are
-  // virtio-net's. SPEC: virtio 1.2 §5.1.6.2: a TX buffer is device-readable only.
-  if (chain.writable_bytes != 0) {
-    ++c.tx_dropped_malformed_chain;
-    return TxOutcome::kDropped;
-  }
-  if (chain.readable_bytes < hdr_len + kEthHeaderSize) {
-    ++c.tx_dropped_too_short;
-    return TxOutcome::kDropped;
-  }
-  const uint32_t frame_len = chain.readable_bytes - hdr_len;
-  if (frame_len > kMaxFrameSize) {
-    ++c.tx_dropped_too_long;
-    return TxOutcome::kDropped;
-  }
-  // GUEST: the header (and with lock-mac the Ethernet addresses) is copied out once and only
-  // the copy is checked and sent: the guest may rewrite its buffer at any time, and the TAP
-  // must get what was checked. The frame holds at least an Ethernet header (checked above).
-  const uint32_t copy_len = s.lock_mac ? hdr_len + 12 : hdr_len;
-  const std::span<std::byte> copy = hdr_copy.first(copy_len);
-  detail::gather(chain.readable, copy);
-  const TxHeaderFault fault =
-      check_tx_header(decode_net_hdr(copy.first(hdr_len)), frame_len, s.features);
-  if (fault != TxHeaderFault::kNone) {
-    count_header_fault(fault, c);
-    return TxOutcome::kDropped;
-  }
-  // lock-mac: no frame from the guest poses as another host.
-  if (s.lock_mac && std::memcmp(copy.data() + hdr_len + 6, s.guest_mac.data(), 6) != 0) {
-    ++c.tx_dropped_spoofed_mac;
-    return TxOutcome::kDropped;
-  }
-
-  // Skip the header in the guest's elements (ANY_LAYOUT: it may end inside one, exactly at
-  // one's end, or span several) and put the checked copy in the slot just before the first
-  // data element. Zero-length descriptors produce no iovec, so each step consumes bytes and
-  // an element with data follows (the frame has at least an Ethernet header).
-  iovec* elem = chain.readable.data();
-  std::size_t skip = copy_len;
-  while (skip >= elem->iov_len) {
-    skip -= elem->iov_len;
-    ++elem;
-  }
-  elem->iov_base = static_cast<std::byte*>(elem->iov_base) + skip;
-  elem->iov_len -= skip;
-  iovec* first = elem - 1;  // a consumed header element, or scratch slot 0
-  *first = iovec{copy.data(), copy_len};
-  const int count = static_cast<int>(chain.readable.data() + chain.readable.size() - first);
-
-  ssize_t n;
-  do {
-    n = ::writev(tap_fd, first, count);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return TxOutcome::kTapFull;
-  if (n != static_cast<ssize_t>(chain.readable_bytes)) {
-    // tun refuses the whole frame (EINVAL for a header it rejects, EIO while the link is
-    // down) or takes all of it; anything else is a failure too. Dropped, never retried.
-    ++c.tap_write_fails;
-    return TxOutcome::kDropped;
-  }
-  ++c.tx_packets;
-  c.tx_bytes += frame_len;
-  return TxOutcome::kSent;
+  const detail::TxFrame frame = detail::check_tx_frame(chain, s, hdr_copy, c);
+  if (!frame.ok) return TxOutcome::kDropped;
+  return detail::write_tx_frame(frame, tap_fd, hdr_copy, c);
 }
 
 /// Pops chains until the ring is empty (then kicks are enabled: kIdle), the budget is used
@@ -170,6 +109,91 @@ ForwardResult drain_tx(Q& q, int call_fd, const NetSession& s, NetScratch& scrat
 }
 
 }  // namespace
+
+namespace detail {
+
+TxFrame check_tx_frame(const virtio::Chain& chain, const NetSession& s,
+                       std::span<std::byte, NetScratch::kTxCopySize> hdr_copy,
+                       NetCounters& c) noexcept {
+  TxFrame f;
+  const uint32_t hdr_len = s.hdr_len;
+  // GUEST: the chain's shape and lengths were bounded by the queue; the rules here are
+  // virtio-net's. SPEC: virtio 1.2 §5.1.6.2: a TX buffer is device-readable only.
+  if (chain.writable_bytes != 0) {
+    ++c.tx_dropped_malformed_chain;
+    return f;
+  }
+  if (chain.readable_bytes < hdr_len + kEthHeaderSize) {
+    ++c.tx_dropped_too_short;
+    return f;
+  }
+  const uint32_t frame_len = chain.readable_bytes - hdr_len;
+  if (frame_len > kMaxFrameSize) {
+    ++c.tx_dropped_too_long;
+    return f;
+  }
+  // GUEST: the header (and with lock-mac the Ethernet addresses) is copied out once and only
+  // the copy is checked and sent: the guest may rewrite its buffer at any time, and the TAP
+  // must get what was checked. The frame holds at least an Ethernet header (checked above).
+  const uint32_t copy_len = s.lock_mac ? hdr_len + 12 : hdr_len;
+  const std::span<std::byte> copy = hdr_copy.first(copy_len);
+  gather(chain.readable, copy);
+  const TxHeaderFault fault =
+      check_tx_header(decode_net_hdr(copy.first(hdr_len)), frame_len, s.features);
+  if (fault != TxHeaderFault::kNone) {
+    count_header_fault(fault, c);
+    return f;
+  }
+  // lock-mac: no frame from the guest poses as another host.
+  if (s.lock_mac && std::memcmp(copy.data() + hdr_len + 6, s.guest_mac.data(), 6) != 0) {
+    ++c.tx_dropped_spoofed_mac;
+    return f;
+  }
+
+  // Skip the copied bytes in the guest's elements (ANY_LAYOUT: the header may end inside
+  // one, exactly at one's end, or span several). Zero-length descriptors produce no iovec,
+  // so each step consumes bytes and an element with data follows (the frame has at least an
+  // Ethernet header).
+  iovec* elem = chain.readable.data();
+  std::size_t skip = copy_len;
+  while (skip >= elem->iov_len) {
+    skip -= elem->iov_len;
+    ++elem;
+  }
+  elem->iov_base = static_cast<std::byte*>(elem->iov_base) + skip;
+  elem->iov_len -= skip;
+  f.ok = true;
+  f.copy_len = copy_len;
+  f.frame_len = frame_len;
+  f.write_len = chain.readable_bytes;
+  f.data = elem;
+  f.end = chain.readable.data() + chain.readable.size();
+  return f;
+}
+
+TxOutcome write_tx_frame(const TxFrame& frame, int tap_fd, std::span<std::byte> hdr_copy,
+                         NetCounters& c) noexcept {
+  iovec* first = frame.data - 1;  // a consumed header element, or scratch slot 0
+  *first = iovec{hdr_copy.data(), frame.copy_len};
+  const int count = static_cast<int>(frame.end - first);
+
+  ssize_t n;
+  do {
+    n = ::writev(tap_fd, first, count);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return TxOutcome::kTapFull;
+  if (n != static_cast<ssize_t>(frame.write_len)) {
+    // tun refuses the whole frame (EINVAL for a header it rejects, EIO while the link is
+    // down) or takes all of it; anything else is a failure too. Dropped, never retried.
+    ++c.tap_write_fails;
+    return TxOutcome::kDropped;
+  }
+  ++c.tx_packets;
+  c.tx_bytes += frame.frame_len;
+  return TxOutcome::kSent;
+}
+
+}  // namespace detail
 
 template <virtio::Virtqueue Q>
 ForwardResult forward_tx(Q& q, int tap_fd, int call_fd, const NetSession& s, NetScratch& scratch,

@@ -1,6 +1,7 @@
 // Guest → TAP forwarding on split and packed rings, with a SOCK_SEQPACKET socketpair as the
-// TAP. Each test asserts the counters (all of them, exactly), the used ring, and what did or
-// did not reach the TAP.
+// TAP, through writev (forward_tx) and through io_uring (forward_tx_uring): every test runs on
+// both paths and holds for both. Each test asserts the counters (all of them, exactly), the
+// used ring, and what did or did not reach the TAP.
 
 #include <gtest/gtest.h>
 #include <sys/eventfd.h>
@@ -9,9 +10,12 @@
 #include <csignal>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
+#include <type_traits>
 
 #include "dataplane/forward.hpp"
+#include "dataplane/tx_uring.hpp"
 #include "dataplane_rings.hpp"
 #include "net/offloads.hpp"
 
@@ -24,6 +28,20 @@ using test::UsedElem;
 namespace f = vp::net::feature;
 
 constexpr uint64_t kVersion1 = 1ull << 32;
+
+/// `Ring` driven through the io_uring path.
+template <class Ring>
+struct ViaUring : Ring {
+  using Ring::Ring;
+  static constexpr bool kUring = true;
+  static constexpr const char* kName =
+      std::is_same_v<Ring, test::SplitRing> ? "split_io_uring" : "packed_io_uring";
+};
+
+template <class Ring>
+constexpr bool uses_uring = requires {
+  Ring::kUring;
+};
 
 template <class Ring>
 class DataplaneTx : public ::testing::Test {
@@ -56,7 +74,21 @@ class DataplaneTx : public ::testing::Test {
   }
 
   ForwardResult forward() {
-    return forward_tx(q_, tap_.tap.get(), call_.get(), session_, scratch_, counters_);
+    if constexpr (uses_uring<Ring>) {
+      if (!uring_) {
+        auto made = TxUring::create(tap_.tap.get());
+        EXPECT_TRUE(made.has_value()) << made.error().message;
+        if (!made) return {};
+        uring_ = std::move(*made);
+      }
+      const ForwardResult r =
+          forward_tx_uring(q_, *uring_, tap_.tap.get(), call_.get(), session_, scratch_, counters_);
+      // The socketpair takes RWF_NOWAIT: every write completes within the call.
+      EXPECT_EQ(uring_->in_flight(), 0u);
+      return r;
+    } else {
+      return forward_tx(q_, tap_.tap.get(), call_.get(), session_, scratch_, counters_);
+    }
   }
 
   uint64_t interrupts_signalled() {
@@ -72,9 +104,11 @@ class DataplaneTx : public ::testing::Test {
   NetSession session_;
   NetScratch scratch_;
   NetCounters counters_;
+  std::unique_ptr<TxUring> uring_;
 };
 
-using RingTypes = ::testing::Types<test::SplitRing, test::PackedRing>;
+using RingTypes = ::testing::Types<test::SplitRing, test::PackedRing, ViaUring<test::SplitRing>,
+                                   ViaUring<test::PackedRing>>;
 class RingNames {
  public:
   template <class T>
@@ -398,6 +432,63 @@ TYPED_TEST(DataplaneTx, lock_mac_sends_only_frames_from_the_guest_mac_and_the_ch
   EXPECT_EQ(this->ring_->take_all_used(), (std::vector<UsedElem>{{a, 0}, {b, 0}, {c, 0}}));
   EXPECT_EQ(this->counters_.tx_dropped_spoofed_mac, 1u);
   EXPECT_EQ(this->counters_.tx_packets, 2u);
+}
+
+// The io_uring path only: what a slot cannot hold, and stopping with chains held.
+using BothRings = ::testing::Types<test::SplitRing, test::PackedRing>;
+template <class Ring>
+class DataplaneTxUring : public DataplaneTx<ViaUring<Ring>> {};
+TYPED_TEST_SUITE(DataplaneTxUring, BothRings, RingNames);
+
+TYPED_TEST(DataplaneTxUring, chain_longer_than_a_slot_goes_out_in_order_with_writev) {
+  this->start(kVersion1);
+  const Bytes a = test::concat(test::net_hdr(12), test::eth_frame(60, 1));
+  const Bytes b = test::concat(test::net_hdr(12), test::eth_frame(400, 2));
+  const Bytes c = test::concat(test::net_hdr(12), test::eth_frame(60, 3));
+  const uint16_t ida = this->offer(a);
+  // 40 elements of 10 bytes, then the rest: more than a TxUring slot's 32 iovecs.
+  const uint16_t idb = this->offer(b, std::vector<std::size_t>(40, 10));
+  const uint16_t idc = this->offer(c);
+
+  const ForwardResult r = this->forward();
+  EXPECT_EQ(r.status, ForwardStatus::kIdle);
+  EXPECT_EQ(r.frames, 3u);
+  EXPECT_EQ(this->tap_.receive(), a);
+  EXPECT_EQ(this->tap_.receive(), b);
+  EXPECT_EQ(this->tap_.receive(), c);
+  EXPECT_EQ(this->ring_->take_all_used(), (std::vector<UsedElem>{{ida, 0}, {idb, 0}, {idc, 0}}));
+  NetCounters want;
+  want.tx_packets = 3;
+  want.tx_bytes = 520;
+  want.interrupts = 1;
+  EXPECT_EQ(this->counters_, want);
+}
+
+TYPED_TEST(DataplaneTxUring, stop_with_a_frame_waiting_for_room_gives_its_chain_back_counted) {
+  this->start(kVersion1);
+  const Bytes filler(1000);
+  int queued = 0;
+  while (::send(this->tap_.tap.get(), filler.data(), filler.size(), MSG_DONTWAIT) > 0) ++queued;
+  ASSERT_GT(queued, 0);
+  const uint16_t id = this->offer(test::concat(test::net_hdr(12), test::eth_frame(60, 1)));
+
+  ForwardResult r = this->forward();
+  EXPECT_EQ(r.status, ForwardStatus::kTapFull);
+  EXPECT_EQ(this->uring_->waiting(), 1u);
+  EXPECT_FALSE(this->uring_->idle());
+  EXPECT_TRUE(this->ring_->take_all_used().empty());
+
+  // The ring stops (GET_VRING_BASE) before the TAP drains: the chain goes back unsent.
+  drain_tx_uring(this->q_, *this->uring_, this->call_.get(), this->counters_);
+  EXPECT_TRUE(this->uring_->idle());
+  EXPECT_EQ(this->ring_->take_all_used(), (std::vector<UsedElem>{{id, 0}}));
+  NetCounters want;
+  want.tx_tap_full = 1;
+  want.tap_write_fails = 1;
+  want.interrupts = 1;
+  EXPECT_EQ(this->counters_, want);
+  for (int i = 0; i < queued; ++i) ASSERT_EQ(this->tap_.receive(), filler);
+  EXPECT_EQ(this->tap_.receive(), std::nullopt);
 }
 
 TEST(DataplaneTxStopped, unconfigured_queue_reports_stopped) {
