@@ -15,6 +15,7 @@
 #include "control/grammar.hpp"
 #include "control/keys.hpp"
 #include "control/protocol.hpp"
+#include "ctl/libvirt_xml.hpp"
 #include "ctl/output.hpp"
 #include "net/ifname.hpp"
 #include "net/offloads.hpp"
@@ -45,6 +46,7 @@ constexpr const char* kHelpCommands =
     "  vpctl NAME SETTING...           change it; also up, down\n"
     "  vpctl NAME destroy              remove it and its TAP device\n"
     "  vpctl NAME qemu-args            VMM options that attach a guest to it\n"
+    "  vpctl NAME libvirt-xml          the libvirt <interface> (and <memoryBacking>) for it\n"
     "  vpctl NAME stats                its data path's counters (drops by reason, kicks...)\n";
 
 constexpr const char* kHelpTail =
@@ -222,6 +224,7 @@ int main(int argc, char** argv) {
 
   control::Request request;
   bool vmm_args = false;
+  bool libvirt = false;
   bool stats = false;
   const std::string& first = words.front();
   if (first == "list" || first == "version") {
@@ -248,6 +251,9 @@ int main(int argc, char** argv) {
     } else if (rest.size() == 1 && rest.front() == "qemu-args") {
       request.op = control::op::kShow;
       vmm_args = true;
+    } else if (rest.size() == 1 && rest.front() == "libvirt-xml") {
+      request.op = control::op::kShow;
+      libvirt = true;
     } else if (rest.size() == 1 && rest.front() == "stats") {
       request.op = control::op::kShow;
       stats = true;
@@ -270,6 +276,23 @@ int main(int argc, char** argv) {
   }
   const control::Response& r = reply.response;
   for (const auto& w : r.warnings) std::fprintf(stderr, "vpctl: warning: %s\n", w.c_str());
+  if (libvirt && r.ok) {
+    auto xml = vp::ctl::libvirt_xml(r.result);
+    if (!xml) {
+      std::fprintf(stderr, "vpctl: %s (%s)\n", xml.error().message.c_str(),
+                   xml.error().code.c_str());
+      return kRefused;
+    }
+    if (json_output) {
+      const nlohmann::json out{{"interface", xml->interface},
+                               {"memory_backing", xml->memory_backing},
+                               {"note", xml->note}};
+      std::printf("%s\n", out.dump(2).c_str());
+    } else {
+      std::fputs(vp::ctl::format_libvirt_xml(*xml).c_str(), stdout);
+    }
+    return kDone;
+  }
   if (json_output) {
     nlohmann::json out =
         r.ok ? r.result
