@@ -169,8 +169,8 @@ class Fabric : public ::testing::Test {
       std::vector<std::byte> frame(buf.begin() + 12, buf.begin() + used->len);
       (void)h.fe->post_rx(kRx);
       (void)h.fe->kick(kRx);
-      const uint16_t num_buffers = static_cast<uint16_t>(buf[10]) | static_cast<uint16_t>(buf[11])
-                                                                        << 8;
+      const auto num_buffers = static_cast<uint16_t>(std::to_integer<unsigned>(buf[10]) |
+                                                     std::to_integer<unsigned>(buf[11]) << 8);
       EXPECT_EQ(num_buffers, 1) << "a 1464-byte frame fits one 4096-byte buffer";
       if (frame.size() >= 14 && frame[12] == std::byte{kEtherType >> 8} &&
           frame[13] == std::byte{kEtherType & 0xff}) {
