@@ -9,6 +9,7 @@
 #include <cstring>
 #include <span>
 
+#include "dataplane/forward.hpp"
 #include "dataplane/net_counters.hpp"
 #include "virtio/queue.hpp"
 
@@ -63,6 +64,26 @@ void publish_and_notify(Q& q, int call_fd, uint64_t used_before, NetCounters& c)
   } else if (returned) {
     ++c.interrupts_suppressed;
   }
+}
+
+/// The transmit ring looked empty: true to pop again (the driver may have added a chain
+/// after the last look and before it saw the request for kicks, which
+/// enable_notifications() looks for), false to stop with `status` set: kQueueStopped, kIdle,
+/// or as it was (kBudget: call again) once `rechecks` passed `budget`, in case a guest keeps
+/// offering only malformed chains (pop() gives those back without counting here).
+template <virtio::Virtqueue Q>
+bool look_again(Q& q, uint32_t budget, uint32_t& rechecks, ForwardStatus& status) noexcept {
+  if (!q.ready()) {
+    status = ForwardStatus::kQueueStopped;
+    return false;
+  }
+  if (q.enable_notifications()) {
+    if (++rechecks > budget) return false;
+    q.disable_notifications();
+    return true;
+  }
+  status = ForwardStatus::kIdle;
+  return false;
 }
 
 }  // namespace vp::dataplane::detail

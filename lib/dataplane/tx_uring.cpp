@@ -258,19 +258,7 @@ ForwardResult forward_tx_uring(Q& q, TxUring& t, int tap_fd, int call_fd, const 
     }
     std::optional<virtio::Chain> chain = q.pop(chain_iov);
     if (!chain) {
-      if (!q.ready()) {
-        r.status = ForwardStatus::kQueueStopped;
-        break;
-      }
-      // The race: the driver may have added a chain after our last look and before it saw
-      // the request for kicks; enable_notifications() looks again. Bounded, in case a guest
-      // keeps offering only malformed chains (pop() gives those back without counting here).
-      if (q.enable_notifications()) {
-        if (++rechecks > budget) break;  // kBudget: call again
-        q.disable_notifications();
-        continue;
-      }
-      r.status = ForwardStatus::kIdle;
+      if (detail::look_again(q, budget, rechecks, r.status)) continue;
       break;
     }
     ++popped;
