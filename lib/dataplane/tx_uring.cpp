@@ -304,6 +304,10 @@ ForwardResult forward_tx_uring(Q& q, TxUring& t, int tap_fd, int call_fd, const 
   if (pass.tap_full) {
     ++c.tx_tap_full;
     r.status = ForwardStatus::kTapFull;
+  } else if (t.unsubmitted_ > 0) {
+    // The kernel took only part of the batch (out of memory): no completion will wake the
+    // worker for the rest, so ask to be called again soon.
+    r.status = ForwardStatus::kBudget;
   }
   detail::publish_and_notify(q, call_fd, used_before, c);
   return r;

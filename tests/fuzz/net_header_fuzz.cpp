@@ -4,14 +4,15 @@
 //  - check_tx_header() alone: whatever it accepts keeps the checksum field and hdr_len inside
 //    the frame and GSO only with NEEDS_CSUM, gso_size and the acked HOST_* bit;
 //  - the whole TX path: the guest's header and frame, cut into descriptors where the input
-//    says (ANY_LAYOUT), on a split ring; forward_tx() writes to a SOCK_SEQPACKET pair standing
-//    in for the TAP. Whatever reaches the "TAP" must carry a header that passes the check,
-//    byte for byte what the guest offered; and every chain comes back on the used ring.
+//    says (ANY_LAYOUT), on a split ring; forward_tx() (or, mode bit 1, forward_tx_uring()
+//    through an io_uring) writes to a SOCK_SEQPACKET pair standing in for the TAP. Whatever reaches
+//    the "TAP" must carry a header that passes the check, byte for byte what the guest offered; and
+//    every chain comes back on the used ring.
 //  - the RX path: a frame (virtio header included) comes from the "TAP" into guest buffers of
 //    input-chosen sizes (MRG_RXBUF or not); what the guest sees must be the frame, whole.
 //
-// Input: u64 features, u8 mode (bit 0: RX), u8 element count, u16 cuts (TX: element
-// lengths; RX: buffer sizes)..., u16 max_rx_frame, then the header + frame.
+// Input: u64 features, u8 mode (bit 0: RX; bit 1: TX through io_uring), u8 element count, u16 cuts
+// (TX: element lengths; RX: buffer sizes)..., u16 max_rx_frame, then the header + frame.
 
 #include <sys/socket.h>
 #include <unistd.h>
@@ -26,6 +27,7 @@
 
 #include "dataplane/forward.hpp"
 #include "dataplane/net_header.hpp"
+#include "dataplane/tx_uring.hpp"
 #include "fuzz_check.hpp"
 #include "fuzz_input.hpp"
 #include "net/offloads.hpp"
@@ -129,7 +131,7 @@ NetScratch& scratch() {
 }
 
 void run_tx(const std::vector<uint8_t>& packet, const std::vector<uint32_t>& cuts,
-            const NetSession& s) {
+            const NetSession& s, bool uring) {
   Ring ring;
   // Cut the packet into elements at the given points (ANY_LAYOUT).
   std::vector<uint32_t> lens;
@@ -148,7 +150,16 @@ void run_tx(const std::vector<uint8_t>& packet, const std::vector<uint32_t>& cut
   FUZZ_CHECK(q.configure(ring.memory, queue_config(s.features)).has_value());
   TapPair tap;
   NetCounters c;
-  const ForwardResult r = forward_tx(q, tap.tap.get(), -1, s, scratch(), c);
+  ForwardResult r;
+  if (uring) {
+    // The io_uring path checks and sends exactly what forward_tx() does.
+    auto ring_tx = TxUring::create(tap.tap.get());
+    FUZZ_CHECK(ring_tx.has_value());
+    r = forward_tx_uring(q, **ring_tx, tap.tap.get(), -1, s, scratch(), c);
+    FUZZ_CHECK((*ring_tx)->idle());  // a socketpair with room completes every write at once
+  } else {
+    r = forward_tx(q, tap.tap.get(), -1, s, scratch(), c);
+  }
   FUZZ_CHECK(r.chains == 1);
   FUZZ_CHECK(ring.used_idx() == 1);  // never leak a head: the chain came back
 
@@ -247,7 +258,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     run_rx(packet, buffers, s, hold ? &*hold : nullptr);
   } else {
-    run_tx(packet, cuts, s);
+    run_tx(packet, cuts, s, (mode & 2) != 0);
   }
   return 0;
 }
