@@ -3,11 +3,13 @@
 // What the data path shows the control thread of an endpoint's guest side.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "dataplane/net_counters.hpp"
+#include "sys/unix_socket.hpp"
 
 namespace vp::daemon {
 
@@ -47,6 +49,8 @@ struct SessionView {
   uint64_t refused_peers = 0;  // connections turned away by allow=
   uint64_t refused_messages = 0;
   std::vector<std::string> broken_queues;  // "rx0: avail-index-jump"
+  /// The process of the running session (kConnected only), as it was when it connected.
+  std::optional<PeerProcess> frontend;
   dataplane::NetCounters counters;
 };
 
