@@ -47,8 +47,7 @@ Result<LibvirtXml> libvirt_xml(const json& e) {
   const std::string transport = field(e, "transport");
   const std::string bind = field(e, "bind");
   const std::string peer = field(e, "peer");
-  const json& status = e.contains("status") ? e["status"] : json::object();
-  const std::string guest_mac = field(status, "guest_mac");
+  const std::string guest_mac = field(e, "guest_mac");
   const int64_t queues = e.value("queues", int64_t{1});
   const int64_t mtu = e.value("mtu", int64_t{1500});
   // Shared by every transport: the guest's MAC, virtio, and what the guest should be told.

@@ -16,6 +16,7 @@
 #include "control/keys.hpp"
 #include "control/protocol.hpp"
 #include "ctl/libvirt_xml.hpp"
+#include "ctl/metrics.hpp"
 #include "ctl/output.hpp"
 #include "net/ifname.hpp"
 #include "net/offloads.hpp"
@@ -38,12 +39,13 @@ constexpr const char* kHelpCommands =
     "Usage: vpctl [--socket PATH] [--json] COMMAND\n"
     "\n"
     "Commands:\n"
-    "  vpctl list                      all endpoints, one per line\n"
+    "  vpctl list                      all endpoints, one per line (and who is attached)\n"
+    "  vpctl metrics                   every endpoint's counters and state, Prometheus format\n"
     "  vpctl version                   versions of vpctl and vpd\n"
     "  vpctl create [SETTING...]       create the next free vpN (name=PREFIX for another prefix)\n"
     "  vpctl NAME create [SETTING...]  create endpoint NAME\n"
-    "  vpctl NAME                      show one endpoint\n"
-    "  vpctl NAME SETTING...           change it; also up, down\n"
+    "  vpctl NAME                      show one endpoint (also: vpctl show NAME)\n"
+    "  vpctl NAME SETTING...           change it; also up, down (also: vpctl NAME set ...)\n"
     "  vpctl NAME destroy              remove it and its TAP device\n"
     "  vpctl NAME qemu-args            VMM options that attach a guest to it\n"
     "  vpctl NAME libvirt-xml          the libvirt <interface> (and <memoryBacking>) for it\n"
@@ -222,14 +224,27 @@ int main(int argc, char** argv) {
   }
   if (words.empty()) return usage_error("no command given");
 
+  // `vpctl show vp0` is `vpctl vp0` (as `ip link show`, `ovs-vsctl show`).
+  if (words.front() == "show") {
+    if (words.size() != 2) return usage_error("show takes one endpoint name: `vpctl show vp0`");
+    words.erase(words.begin());
+  }
+
   control::Request request;
   bool vmm_args = false;
   bool libvirt = false;
   bool stats = false;
+  bool metrics = false;
   const std::string& first = words.front();
-  if (first == "list" || first == "version") {
+  if (first == "list" || first == "version" || first == "metrics") {
     if (words.size() > 1) return usage_error(str("'", first, "' takes no arguments"));
-    request.op = first == "list" ? control::op::kList : control::op::kHello;
+    if (first == "metrics" && json_output) {
+      return usage_error(
+          "metrics is the Prometheus text format, not JSON; `vpctl --json list` has the same "
+          "figures as JSON");
+    }
+    metrics = first == "metrics";
+    request.op = first == "version" ? control::op::kHello : control::op::kList;
   } else if (first == "create") {
     request.op = control::op::kCreate;
     request.args.assign(words.begin() + 1, words.end());
@@ -263,6 +278,12 @@ int main(int argc, char** argv) {
     } else if (rest.front() == "destroy") {
       request.op = control::op::kDestroy;
       if (rest.size() > 1) return usage_error("destroy takes no other settings");
+    } else if (rest.front() == "set") {
+      // `vpctl vp0 set mtu=1400` is `vpctl vp0 mtu=1400` (as `ip link set`).
+      if (rest.size() == 1)
+        return usage_error("set needs a setting, e.g. `vpctl vp0 set mtu=1400`");
+      request.op = control::op::kSet;
+      request.args.assign(rest.begin() + 1, rest.end());
     } else {
       request.op = control::op::kSet;
       request.args = std::move(rest);
@@ -294,9 +315,12 @@ int main(int argc, char** argv) {
     return kDone;
   }
   if (json_output) {
+    // stats and qemu-args have their own objects, not the endpoint's.
     nlohmann::json out =
-        r.ok ? r.result
-             : nlohmann::json{{"error", {{"code", r.error.code}, {"message", r.error.message}}}};
+        !r.ok   ? nlohmann::json{{"error", {{"code", r.error.code}, {"message", r.error.message}}}}
+        : stats ? vp::ctl::stats_json(r.result)
+        : vmm_args ? vp::ctl::vmm_args_json(r.result)
+                   : r.result;
     std::printf("%s\n", out.dump(2).c_str());
   }
   if (!r.ok) {
@@ -308,6 +332,8 @@ int main(int argc, char** argv) {
     std::printf("vpctl %s\nvpd %s (control protocol %d, %d endpoints)\n", vp::kVersion,
                 r.result.value("version", std::string("?")).c_str(), r.result.value("protocol", 0),
                 r.result.value("endpoints", 0));
+  } else if (metrics) {
+    std::fputs(vp::ctl::format_metrics(r.result).c_str(), stdout);
   } else if (request.op == control::op::kList) {
     std::fputs(vp::ctl::format_list(r.result).c_str(), stdout);
   } else if (stats) {

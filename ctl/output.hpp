@@ -16,4 +16,11 @@ std::string format_stats(const nlohmann::json& endpoint);
 /// and for cloud-hypervisor.
 std::string format_vmm_args(const nlohmann::json& endpoint);
 
+/// `vpctl --json vp0 qemu-args`: {"endpoint", "transport", "guest_mac", "shared_memory",
+/// "qemu": {"args": [argv words], "notes": [...]}, "cloud_hypervisor": {...} (vhost-user)}.
+nlohmann::json vmm_args_json(const nlohmann::json& endpoint);
+/// `vpctl --json vp0 stats`: {"endpoint", "transport", "guest", "link_state", "counters"
+/// (absent for transport=tap), "session" (while one runs), "refused_peers"}.
+nlohmann::json stats_json(const nlohmann::json& endpoint);
+
 }  // namespace vp::ctl

@@ -9,12 +9,25 @@
 #include <algorithm>
 
 #include "sys/log.hpp"
+#include "sys/str.hpp"
 #include "sys/unix_socket.hpp"
 
 namespace vp::daemon {
 
+namespace {
+
+// "uid 0 pid 1234, /usr/bin/qemu-system-x86_64, VM g1" for the log.
+std::string describe(const PeerProcess& who) {
+  std::string out = str("uid ", who.credentials.uid, " pid ", who.credentials.pid);
+  if (!who.exe.empty()) out += str(", ", who.exe);
+  if (!who.vm_name.empty()) out += str(", VM ", who.vm_name);
+  return out;
+}
+
+}  // namespace
+
 FrontendSocket::FrontendSocket(const control::EndpointConfig& config, std::string_view what,
-                               std::function<void(Fd)> connected)
+                               std::function<void(Fd, PeerProcess)> connected)
     : config_(config), what_(what), connected_(std::move(connected)) {}
 
 void FrontendSocket::open(int epoll, Fd listener, uint64_t listener_tag, uint64_t redial_tag) {
@@ -58,10 +71,11 @@ bool FrontendSocket::accept(bool busy) {
       refused = true;
       continue;
     }
-    log::notice(config_.name, ": ", what_, " connected on ", config_.bind, " (uid ", peer.uid,
-                " pid ", peer.pid, ")");
+    PeerProcess who = describe_peer(conn.get());
+    log::notice(config_.name, ": ", what_, " connected on ", config_.bind, " (", describe(who),
+                ")");
     busy = true;
-    connected_(std::move(conn));
+    connected_(std::move(conn), std::move(who));
   }
 }
 
@@ -81,8 +95,11 @@ void FrontendSocket::dial() {
   }
   backoff_ms_ = 0;
   ::fcntl(fd->get(), F_SETFL, ::fcntl(fd->get(), F_GETFL) | O_NONBLOCK);
-  log::notice(config_.name, ": connected to ", what_, " at ", config_.peer);
-  connected_(std::move(*fd));
+  // The VMM serving peer= is a process too: SO_PEERCRED names it as it does on bind=.
+  PeerProcess who = describe_peer(fd->get());
+  log::notice(config_.name, ": connected to ", what_, " at ", config_.peer, " (", describe(who),
+              ")");
+  connected_(std::move(*fd), std::move(who));
 }
 
 void FrontendSocket::on_redial_timer(bool busy) {

@@ -17,11 +17,12 @@ namespace vp::daemon {
 
 class FrontendSocket {
  public:
-  /// `connected(conn)` starts a session on a connection that may be served (accepted or
-  /// dialled). `config` and `connected` must outlive this object; `what` names the frontend
-  /// in log lines ("frontend", "stream frontend").
+  /// `connected(conn, who)` starts a session on a connection that may be served (accepted or
+  /// dialled); `who` is the process at the other end, read once as it connects. `config` and
+  /// `connected` must outlive this object; `what` names the frontend in log lines
+  /// ("frontend", "stream frontend").
   FrontendSocket(const control::EndpointConfig& config, std::string_view what,
-                 std::function<void(Fd)> connected);
+                 std::function<void(Fd, PeerProcess)> connected);
   FrontendSocket(const FrontendSocket&) = delete;
   FrontendSocket& operator=(const FrontendSocket&) = delete;
 
@@ -51,7 +52,7 @@ class FrontendSocket {
 
   const control::EndpointConfig& config_;
   std::string_view what_;
-  std::function<void(Fd)> connected_;
+  std::function<void(Fd, PeerProcess)> connected_;
   Fd listener_;
   Fd redial_;
   Interest listener_interest_;

@@ -27,7 +27,8 @@ Port::Port(Worker& worker, uint32_t id, control::EndpointConfig config,
       worker_(worker),
       id_(id),
       status_(std::move(status)),
-      frontend_(config_, frontend, [this](Fd conn) { connected(std::move(conn)); }) {}
+      frontend_(config_, frontend,
+                [this](Fd conn, PeerProcess who) { connected(std::move(conn), std::move(who)); }) {}
 
 Port::~Port() { worker_.forget_pending(this); }
 
@@ -38,7 +39,8 @@ void Port::open_frontend(Fd listener) {
   publish();
 }
 
-void Port::connected(Fd conn) {
+void Port::connected(Fd conn, PeerProcess who) {
+  frontend_process_ = std::move(who);
   start_session(std::move(conn));
   ++sessions_;
   state_dirty_ = true;
@@ -110,6 +112,11 @@ void Port::publish() {
   v.socket = std::string(frontend_.socket());
   v.sessions = sessions_;
   v.refused_peers = frontend_.refused_peers();
+  if (session_open()) {
+    v.frontend = frontend_process_;
+  } else {
+    v.frontend.reset();
+  }
   status_->active = fill_view(v);
 }
 

@@ -101,13 +101,14 @@ class Port {
   bool state_dirty_ = false;      // the view must be published again
 
  private:
-  void connected(Fd conn);
+  void connected(Fd conn, PeerProcess who);
 
   Worker& worker_;
   uint32_t id_;
   std::shared_ptr<PortStatus> status_;
   FrontendSocket frontend_;
   uint64_t sessions_ = 0;
+  PeerProcess frontend_process_;  // who the running session is with
   bool pending_marked_ = false;
   bool detaching_ = false;
 };

@@ -1,4 +1,8 @@
-// The endpoint's JSON view: its configuration and its status (vpctl show, list).
+// The endpoint's JSON view: its configuration and its status (vpctl show, list, stats,
+// metrics). Sets of names (features, toggles) are arrays and states are enum strings, so
+// that a script never parses a sentence; vpctl words them for people.
+
+#include <ctime>
 
 #include "daemon/registry.hpp"
 #include "net/ethtool.hpp"
@@ -9,17 +13,61 @@ namespace vp::daemon {
 
 using nlohmann::json;
 
+namespace {
+
+// "CSUM|GUEST_CSUM" (the offload table's names) as ["CSUM", "GUEST_CSUM"]; "none" is [].
+json name_array(std::string_view names, char sep) {
+  json out = json::array();
+  while (!names.empty() && names != "none") {
+    const size_t at = names.find(sep);
+    if (at != 0) out.push_back(std::string(names.substr(0, at)));
+    if (at == std::string_view::npos) break;
+    names.remove_prefix(at + 1);
+  }
+  return out;
+}
+
+// RFC 3339 in UTC, to the second: "2026-12-03T17:30:02Z".
+std::string utc_text(std::chrono::system_clock::time_point t) {
+  const std::time_t secs = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  ::gmtime_r(&secs, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+json frontend_json(const PeerProcess& who) {
+  json f{
+      {"pid", who.credentials.pid},
+      {"uid", who.credentials.uid},
+      {"gid", who.credentials.gid},
+      {"connected_since", utc_text(who.since)},
+      {"connected_since_unix",
+       std::chrono::duration_cast<std::chrono::seconds>(who.since.time_since_epoch()).count()},
+  };
+  // Left out, not empty, when /proc did not say (another PID namespace, a VMM without -name).
+  if (!who.exe.empty()) f["exe"] = who.exe;
+  if (!who.vm_name.empty()) f["vm_name"] = who.vm_name;
+  return f;
+}
+
+}  // namespace
+
 json Registry::describe(const Endpoint& e) {
   json j = control::to_json(e.config);
+  // One guest_mac: the address the guest gets, whether guest-mac= chose it or vpd derived it.
+  j["guest_mac"] = control::guest_mac_of(e.config, machine_id_).to_string();
+  j["guest_mac_derived"] = !e.config.guest_mac.has_value();
+  j["toggles"] = name_array(net::toggle_names(e.config.toggles), ',');
   const uint64_t features = e.config.features();
   json status{
       {"ifindex", e.ifindex},
-      {"features", net::feature_names(features)},
+      {"features", name_array(net::feature_names(features), '|')},
       {"features_hex", control::peerfeats_text(features)},
       {"tun_offloads", net::tun_offload_names(e.tun_offloads)},
       {"vnet_hdr_len", e.config.vnet_hdr_len()},
-      {"guest", "not attached"},
-      {"guest_mac", control::guest_mac_of(e.config, machine_id_).to_string()},
+      {"guest", "not-attached"},
       {"declared", e.declared},
   };
   json problems = e.problems;
@@ -48,18 +96,16 @@ json Registry::describe(const Endpoint& e) {
     if (auto active = net::tun_offloads_active(e.config.name)) {
       status["tun_offloads"] = net::tun_offload_names(*active);
     }
-    status["guest"] = status.value("carrier", false)
-                          ? str("attached (a VMM has ", e.config.name, " open)")
-                          : str("not attached (a VMM opens ", e.config.name, " by name)");
+    status["guest"] = status.value("carrier", false) ? "attached" : "not-attached";
     status["peerfeats_note"] =
         "advisory: vpd gives the TAP these offloads when it provisions it, and the VMM sets "
         "its own (what the guest negotiated) when it opens it; tun offloads shows what the "
         "kernel has now";
   }
   if (auto v = dataplane_.view(e.config.name)) {
-    status["guest"] = v->state == SessionState::kConnected
-                          ? std::string("connected")
-                          : str(session_state_name(v->state), " on ", v->socket);
+    status["guest"] = std::string(session_state_name(v->state));
+    status["socket"] = v->socket;
+    if (v->frontend) status["frontend"] = frontend_json(*v->frontend);
     json counters = json::object();
     for (const auto& f : dataplane::kNetCounterFields)
       counters[std::string(f.name)] = v->counters.*f.member;
@@ -67,7 +113,7 @@ json Registry::describe(const Endpoint& e) {
     status["refused_peers"] = v->refused_peers;
     if (v->state == SessionState::kConnected) {
       status["session"] = {
-          {"features", net::feature_names(v->features)},
+          {"features", name_array(net::feature_names(v->features), '|')},
           {"features_hex", control::peerfeats_text(v->features)},
           {"ring", v->features ? (v->packed ? "packed" : "split") : "-"},
           {"queues_running", v->queues_running},
@@ -84,6 +130,14 @@ json Registry::describe(const Endpoint& e) {
       }
     }
   }
+  // The link in the session's terms: a guest may be connected before its driver starts the
+  // queues (no carrier yet), which is not the same as no guest at all.
+  const std::string link_word = status.value("link", "absent");
+  const std::string guest = status.value("guest", "");
+  status["link_state"] = link_word != "up"                ? link_word
+                         : status.value("carrier", false) ? "carrier-up"
+                         : guest == "connected"           ? "guest-not-started"
+                                                          : "no-guest";
   status["problems"] = problems;
   j["status"] = status;
   return j;

@@ -3,11 +3,13 @@
 // What the data path shows the control thread of an endpoint's guest side.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "dataplane/net_counters.hpp"
+#include "sys/unix_socket.hpp"
 
 namespace vp::daemon {
 
@@ -49,6 +51,8 @@ struct SessionView {
   bool dirty_logging = false;              // live migration: LOG_ALL acked and a log set
   std::vector<std::string> broken_queues;  // "rx0: avail-index-jump"
   std::string tx_path;  // vhost-user: "io_uring" or "writev" (guest→host TAP writes)
+  /// The process of the running session (kConnected only), as it was when it connected.
+  std::optional<PeerProcess> frontend;
   dataplane::NetCounters counters;
 };
 

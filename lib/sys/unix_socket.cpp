@@ -7,6 +7,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <iterator>
+#include <vector>
 
 #include "sys/str.hpp"
 
@@ -83,6 +86,77 @@ PeerCredentials peer_credentials(int fd) {
     out.pid = cred.pid;
     out.uid = cred.uid;
     out.gid = cred.gid;
+  }
+  return out;
+}
+
+namespace {
+
+// QEMU's option value split at its commas; ",," is an escaped comma.
+std::vector<std::string> option_parts(std::string_view value) {
+  std::vector<std::string> parts(1);
+  for (size_t i = 0; i < value.size(); ++i) {
+    if (value[i] != ',') {
+      parts.back() += value[i];
+    } else if (i + 1 < value.size() && value[i + 1] == ',') {
+      parts.back() += ',';
+      ++i;
+    } else {
+      parts.emplace_back();
+    }
+  }
+  return parts;
+}
+
+// The NAME of a `-name` value: "guest=NAME,..." or the implied first part "NAME,...".
+std::string name_of(std::string_view value) {
+  const std::vector<std::string> parts = option_parts(value);
+  for (const auto& part : parts) {
+    if (part.starts_with("guest=")) return part.substr(6);
+  }
+  return parts.front().find('=') == std::string::npos ? parts.front() : std::string();
+}
+
+}  // namespace
+
+std::string vm_name_from_cmdline(std::string_view cmdline) {
+  std::vector<std::string_view> args;
+  while (!cmdline.empty()) {
+    const size_t nul = cmdline.find('\0');
+    args.push_back(cmdline.substr(0, nul));
+    if (nul == std::string_view::npos) break;
+    cmdline.remove_prefix(nul + 1);
+  }
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string_view a = args[i];
+    // QEMU takes both -opt and --opt, and -opt=value.
+    if (a.starts_with("--")) a.remove_prefix(1);
+    if (a == "-name" && i + 1 < args.size()) return name_of(args[i + 1]);
+    if (a.starts_with("-name=")) return name_of(a.substr(6));
+  }
+  return "";
+}
+
+PeerProcess describe_peer(int fd) {
+  PeerProcess out;
+  out.since = std::chrono::system_clock::now();
+  out.credentials = peer_credentials(fd);
+  if (out.credentials.pid <= 0) return out;
+  const std::string proc = str("/proc/", out.credentials.pid);
+  char exe[4096];
+  const ssize_t n = ::readlink(str(proc, "/exe").c_str(), exe, sizeof exe);
+  if (n > 0 && static_cast<size_t>(n) < sizeof exe) out.exe.assign(exe, static_cast<size_t>(n));
+  std::ifstream cmdline(str(proc, "/cmdline"), std::ios::binary);
+  if (cmdline) {
+    // A command line is at most ARG_MAX; QEMU's fits in a few KiB.
+    std::string text;
+    text.reserve(4096);
+    char buf[4096];
+    while (cmdline.read(buf, sizeof buf) || cmdline.gcount() > 0) {
+      text.append(buf, static_cast<size_t>(cmdline.gcount()));
+      if (text.size() > 1024 * 1024) break;
+    }
+    out.vm_name = vm_name_from_cmdline(text);
   }
   return out;
 }

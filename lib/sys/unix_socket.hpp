@@ -2,7 +2,9 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <string>
+#include <string_view>
 
 #include "sys/error.hpp"
 #include "sys/fd.hpp"
@@ -24,6 +26,23 @@ struct PeerCredentials {
   gid_t gid = static_cast<gid_t>(-1);
 };
 PeerCredentials peer_credentials(int fd);
+
+/// Who is at the other end of a front-end connection, read once when it connects (never
+/// per frame): its credentials, its executable and, for a VMM that has one, the VM's name.
+struct PeerProcess {
+  PeerCredentials credentials;
+  std::string exe;                              // readlink /proc/PID/exe; "" when it cannot be read
+  std::string vm_name;                          // QEMU's -name; "" when the command line has none
+  std::chrono::system_clock::time_point since;  // wall-clock time of the connection
+};
+/// SO_PEERCRED of `fd`, then /proc/PID/exe and /proc/PID/cmdline. What cannot be read (the
+/// process is gone, another PID namespace, no permission) is left empty; never fails.
+PeerProcess describe_peer(int fd);
+
+/// The VM name in a NUL-separated command line (/proc/PID/cmdline): QEMU's `-name NAME`,
+/// `-name guest=NAME,...` or `-name=...`, with ",," as an escaped comma. "" without one
+/// (cloud-hypervisor has no name option).
+std::string vm_name_from_cmdline(std::string_view cmdline);
 
 /// mkdir -p with `mode` for the directories it creates.
 Result<void> make_directories(const std::string& path, mode_t mode);

@@ -137,7 +137,7 @@ TEST_F(Access, lock_mac_drops_guest_frames_posing_as_another_host) {
                 .status,
             0)
       << vpd_->log();
-  EXPECT_EQ(status().value("guest_mac", ""), "52:54:00:12:34:56");
+  EXPECT_EQ(vpd_->ctl_json({"vp0"}).value("guest_mac", ""), "52:54:00:12:34:56");
   const auto args = vpd_->ctl({"vp0", "qemu-args"});
   EXPECT_NE(args.out.find("mac=52:54:00:12:34:56"), std::string::npos) << args.out;
   ASSERT_TRUE(attach()) << vpd_->log();

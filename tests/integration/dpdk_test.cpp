@@ -153,8 +153,7 @@ class DpdkVirtioUser : public VpdFixture, public ::testing::WithParamInterface<C
   uint64_t counter(const std::string& name) {
     const json j = stats();
     if (!j.is_object()) return 0;
-    const json status = j.value("status", json::object());
-    return status.value("counters", json::object()).value(name, uint64_t{0});
+    return j.value("counters", json::object()).value(name, uint64_t{0});
   }
 
   std::unique_ptr<Testpmd> testpmd_;
@@ -180,12 +179,11 @@ TEST_P(DpdkVirtioUser, frames_cross_both_ways_for_ten_rings_per_queue) {
       [&] {
         const json j = stats();
         if (!j.is_object()) return false;
-        const json status = j.value("status", json::object());
-        return status.value("session", json::object()).value("queues_running", 0u) == rings;
+        return j.value("session", json::object()).value("queues_running", 0u) == rings;
       },
       kStartTimeout))
       << "the rings never all ran: " << stats().dump(2);
-  const json session = stats()["status"]["session"];
+  const json session = stats()["session"];
   EXPECT_EQ(session.value("ring", ""), c.packed ? "packed" : "split") << session.dump(2);
   ASSERT_TRUE(testpmd_->wait_output("testpmd> ", 1, kStartTimeout));
 

@@ -287,7 +287,7 @@ class HostileFrontend : public ::testing::Test {
     std::string guest;
     for (int i = 0; i < 500; ++i) {
       guest = vpd_->ctl_json({"vp0"})["status"].value("guest", "");
-      if (guest.rfind("listening", 0) == 0) return ::testing::AssertionSuccess();
+      if (guest == "listening") return ::testing::AssertionSuccess();
       std::this_thread::sleep_for(20ms);
     }
     return ::testing::AssertionFailure() << "vp0 guest: " << guest << "\n" << vpd_->log();

@@ -400,7 +400,7 @@ TEST_F(Lifecycle, peerfeats_and_toggles_set_the_tap_offload_features) {
   EXPECT_EQ(e["status"]["features_hex"], "0x883");
   EXPECT_EQ(feature_active("vp0", "tx-tcp6-segmentation"), false);
   EXPECT_EQ(feature_active("vp0", "tx-tcp-segmentation"), true);
-  EXPECT_FALSE(contains(e.value("toggles", ""), "tso6")) << e["toggles"];
+  EXPECT_FALSE(contains_name(e["toggles"], "tso6")) << e["toggles"];
 
   ok({"vp0", "-tso4"});
 

@@ -72,7 +72,8 @@ TEST_F(LinkWatch, a_deleted_tap_is_re_created_with_everything_vpd_owns) {
   EXPECT_EQ(show("vp0")["status"].value("ifindex", 0), link_json("vp0").value("ifindex", -1));
   EXPECT_EQ(problems().size(), 0u);
   // The new TAP serves guests: vpd listens on the endpoint's socket again.
-  EXPECT_TRUE(contains(show("vp0")["status"].value("guest", ""), "listening on"));
+  EXPECT_EQ(show("vp0")["status"].value("guest", ""), "listening");
+  EXPECT_TRUE(contains(show("vp0")["status"].value("socket", ""), "vp0"));
   EXPECT_EQ(state_text(), saved_);
 }
 

@@ -164,8 +164,12 @@ class Stream : public VpdFixture {
     return v;
   }
 
+  /// The guest state in the words `vpctl vp0` uses: "listening on PATH", "connected", ...
   std::string guest(const std::string& name) {
-    return show(name)["status"].value("guest", std::string("?"));
+    const json status = show(name)["status"];
+    const std::string state = status.value("guest", std::string("?"));
+    if (state != "listening" && state != "dialing") return state;
+    return state + " on " + status.value("socket", std::string("?"));
   }
 };
 

@@ -106,4 +106,13 @@ std::string raw_exchange(const std::string& socket, const std::string& bytes,
                          std::chrono::milliseconds timeout = std::chrono::milliseconds(5000),
                          bool shut_write = true);
 
+/// True when the JSON array `names` (vpd's features, toggles) has `name`.
+inline bool contains_name(const nlohmann::json& names, const std::string& name) {
+  if (!names.is_array()) return false;
+  for (const auto& n : names) {
+    if (n.is_string() && n.get<std::string>() == name) return true;
+  }
+  return false;
+}
+
 }  // namespace vp::test

@@ -16,7 +16,7 @@ json endpoint(std::string transport) {
               {"peer", ""},
               {"queues", 1},
               {"mtu", 1500},
-              {"status", {{"guest_mac", "52:54:00:12:34:56"}}}};
+              {"guest_mac", "52:54:00:12:34:56"}};
 }
 
 TEST(LibvirtXml, vhost_user_bind_gives_a_client_interface_and_shared_memory) {

@@ -15,7 +15,7 @@ json connected_endpoint() {
               {"status",
                {{"guest", "connected"},
                 {"session",
-                 {{"features", "CSUM|GUEST_CSUM|VERSION_1"},
+                 {{"features", {"CSUM", "GUEST_CSUM", "VERSION_1"}},
                   {"ring", "packed"},
                   {"queues_running", 2},
                   {"queues", 2},

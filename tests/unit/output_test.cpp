@@ -71,18 +71,35 @@ net::Mac mac(const char* text) {
   return m ? *m : net::Mac{};
 }
 
-// What vpd's Registry::describe() returns: to_json(config) plus a "status" object.
+// A "A|B" (or "a,b") list of names as a JSON array, as vpd sends sets of names.
+json names(const std::string& text, char sep) {
+  json out = json::array();
+  std::string word;
+  for (char ch : text + sep) {
+    if (ch != sep) {
+      word += ch;
+    } else if (!word.empty() && word != "none") {
+      out.push_back(word);
+      word.clear();
+    }
+  }
+  return out;
+}
+
+// What vpd's Registry::describe() returns: to_json(config) with the toggles as an array,
+// plus a "status" object.
 json described(const control::EndpointConfig& c, const std::string& link, bool carrier,
                unsigned tun, json problems = json::array(), const std::string& declared = "") {
   json j = control::to_json(c);
+  j["toggles"] = names(net::toggle_names(c.toggles), ',');
   const uint64_t features = c.features();
   j["status"] = json{
       {"ifindex", 7},
-      {"features", net::feature_names(features)},
+      {"features", names(net::feature_names(features), '|')},
       {"features_hex", control::peerfeats_text(features)},
       {"tun_offloads", net::tun_offload_names(tun)},
       {"vnet_hdr_len", c.vnet_hdr_len()},
-      {"guest", "not attached"},
+      {"guest", "not-attached"},
       {"declared", declared},
       {"link", link},
       {"carrier", carrier},
@@ -261,7 +278,7 @@ TEST(FormatShow, access_control_settings_are_explained) {
   c.guest_mac = mac("52:54:00:12:34:56");
   c.lock_mac = true;
   json d = described(c, "up", true, 0, json::array(), "");
-  d["status"]["guest_mac"] = "52:54:00:12:34:56";
+  d["guest_mac"] = "52:54:00:12:34:56";
   d["status"]["refused_peers"] = 3;
   const std::string out = format_show(d);
   EXPECT_EQ(show_value(out, "allow"), "0 64055:994 (uid[:gid]; others refused: 3)");
@@ -341,9 +358,13 @@ TEST(FormatShow, connected_stream_endpoint_shows_its_framing_not_virtqueues) {
   c.peerfeats.reset();
   json j = described(c, "up", true, 0);
   j["status"]["guest"] = "connected";
-  j["status"]["session"] = json{
-      {"features", "none"}, {"ring", "-"},           {"queues_running", 0},           {"queues", 0},
-      {"sessions", 3},      {"refused_messages", 0}, {"broken_queues", json::array()}};
+  j["status"]["session"] = json{{"features", json::array()},
+                                {"ring", "-"},
+                                {"queues_running", 0},
+                                {"queues", 0},
+                                {"sessions", 3},
+                                {"refused_messages", 0},
+                                {"broken_queues", json::array()}};
   const std::string out = format_show(j);
   EXPECT_EQ(show_value(out, "peerfeats"),
             "0 (a stream carries no virtio-net header, so no offloads)");
@@ -390,7 +411,7 @@ TEST(FormatShow, endpoint_without_status_shows_placeholders) {
 }
 
 json with_guest_mac(json j) {
-  j["status"]["guest_mac"] = "06:00:00:00:00:09";
+  j["guest_mac"] = "06:00:00:00:00:09";
   return j;
 }
 
