@@ -165,7 +165,10 @@ TEST(VmmArgsJson, gives_argv_words_per_vmm) {
 TEST(VmmArgsJson, text_and_json_say_the_same) {
   const json e = qemu_attached(true, "carrier-up");
   const std::string text = format_vmm_args(e);
-  for (const auto& word : vmm_args_json(e)["qemu"]["args"]) {
+  // The object is kept in a local: a range-for over a member of a temporary would read
+  // freed memory (the temporary dies before the loop body runs).
+  const json j = vmm_args_json(e);
+  for (const auto& word : j["qemu"]["args"]) {
     EXPECT_TRUE(contains(text, word.get<std::string>()));
   }
 }
