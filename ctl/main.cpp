@@ -5,9 +5,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,6 +20,7 @@
 #include "ctl/libvirt_xml.hpp"
 #include "ctl/metrics.hpp"
 #include "ctl/output.hpp"
+#include "ctl/stats_watch.hpp"
 #include "net/ifname.hpp"
 #include "net/offloads.hpp"
 #include "sys/str.hpp"
@@ -49,7 +52,9 @@ constexpr const char* kHelpCommands =
     "  vpctl NAME destroy              remove it and its TAP device\n"
     "  vpctl NAME qemu-args            VMM options that attach a guest to it\n"
     "  vpctl NAME libvirt-xml          the libvirt <interface> (and <memoryBacking>) for it\n"
-    "  vpctl NAME stats                its data path's counters (drops by reason, kicks...)\n";
+    "  vpctl NAME stats                its data path's counters (drops by reason, kicks...)\n"
+    "  vpctl NAME stats -i SECONDS [-c COUNT]\n"
+    "                                  what moves every SECONDS (rates), until interrupted\n";
 
 constexpr const char* kHelpTail =
     "\n"
@@ -186,6 +191,102 @@ Reply call(const std::string& socket_path, const control::Request& request) {
   return reply;
 }
 
+// `stats -i SECONDS [-c COUNT]`: the interval (0.1 s to a day) and how many lines (0: until
+// interrupted). Returns a usage error's sentence, or "".
+std::string parse_stats_options(const std::vector<std::string>& words, double& interval,
+                                long& lines) {
+  for (size_t i = 0; i < words.size(); ++i) {
+    const std::string& w = words[i];
+    const bool is_interval = w == "-i" || w == "--interval";
+    const bool is_count = w == "-c" || w == "--count";
+    if (!is_interval && !is_count) {
+      return str("stats takes -i SECONDS and -c COUNT, not '", w, "'");
+    }
+    if (i + 1 >= words.size())
+      return str("stats ", w, " needs a number, e.g. `vpctl vp0 stats -i 1`");
+    const std::string& v = words[++i];
+    char* end = nullptr;
+    errno = 0;
+    if (is_interval) {
+      interval = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end != '\0' || errno != 0 || !std::isfinite(interval) || interval < 0.1 ||
+          interval > 86400) {
+        return str("stats -i takes seconds from 0.1 to 86400, not '", v, "'");
+      }
+    } else {
+      lines = std::strtol(v.c_str(), &end, 10);
+      if (v.empty() || *end != '\0' || errno != 0 || lines < 1) {
+        return str("stats -c takes a count of lines of at least 1, not '", v, "'");
+      }
+    }
+  }
+  if (lines != 0 && interval == 0) interval = 1;
+  return "";
+}
+
+double monotonic_seconds() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
+// `vpctl NAME stats -i SECONDS`: one view now, then one every SECONDS (on a fixed schedule, so
+// lines do not drift), each line what moved since the one before, divided by the time that
+// really passed between the two views.
+int watch_stats(const std::string& socket_path, const control::Request& request, bool json_output,
+                double interval, long lines) {
+  auto view = [&](Reply& reply) {
+    reply = call(socket_path, request);
+    if (reply.status == kDone) return true;
+    if (reply.status == kRefused) {
+      std::fprintf(stderr, "vpctl: %s (%s)\n", reply.response.error.message.c_str(),
+                   reply.response.error.code.c_str());
+    }
+    return false;
+  };
+  Reply before;
+  if (!view(before)) return before.status;
+  const nlohmann::json* status = &before.response.result;
+  auto s = status->find("status");
+  if (s == status->end() || !s->contains("counters")) {
+    std::fprintf(stderr,
+                 "vpctl: %s has no data path counters (transport=%s: the kernel moves its frames; "
+                 "`ip -s link show %s` counts them)\n",
+                 request.endpoint.c_str(), status->value("transport", std::string("?")).c_str(),
+                 request.endpoint.c_str());
+    return kRefused;
+  }
+  if (!json_output) {
+    std::fputs(vp::ctl::format_stats_interval_header(request.endpoint, interval).c_str(), stdout);
+  }
+  std::fflush(stdout);
+  double taken = monotonic_seconds();
+  timespec next{};
+  ::clock_gettime(CLOCK_MONOTONIC, &next);
+  const auto step_ns = static_cast<long long>(interval * 1e9);
+  for (long done = 0; lines == 0 || done < lines; ++done) {
+    long long ns = next.tv_nsec + step_ns;
+    next.tv_sec += static_cast<time_t>(ns / 1'000'000'000);
+    next.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+    while (::clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, nullptr) == EINTR) {
+    }
+    Reply after;
+    if (!view(after)) return after.status;
+    const double now = monotonic_seconds();
+    const nlohmann::json line = vp::ctl::stats_interval_json(
+        before.response.result, after.response.result, now - taken, std::time(nullptr));
+    if (json_output) {
+      std::printf("%s\n", line.dump().c_str());
+    } else {
+      std::fputs(vp::ctl::format_stats_interval(line).c_str(), stdout);
+    }
+    std::fflush(stdout);
+    before = std::move(after);
+    taken = now;
+  }
+  return kDone;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -269,9 +370,18 @@ int main(int argc, char** argv) {
     } else if (rest.size() == 1 && rest.front() == "libvirt-xml") {
       request.op = control::op::kShow;
       libvirt = true;
-    } else if (rest.size() == 1 && rest.front() == "stats") {
+    } else if (rest.front() == "stats") {
       request.op = control::op::kShow;
       stats = true;
+      if (rest.size() > 1) {
+        double interval = 0;
+        long lines = 0;
+        const std::vector<std::string> options(rest.begin() + 1, rest.end());
+        if (auto why = parse_stats_options(options, interval, lines); !why.empty()) {
+          return usage_error(why);
+        }
+        return watch_stats(socket_path, request, json_output, interval, lines);
+      }
     } else if (rest.front() == "create") {
       request.op = control::op::kCreate;
       request.args.assign(rest.begin() + 1, rest.end());
