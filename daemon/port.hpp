@@ -96,6 +96,9 @@ class Port {
   /// Fills the transport's fields of `v`; true if a guest negotiated features.
   virtual bool fill_view(SessionView& v) const = 0;
 
+  /// Who the running session is with (read once as it connected).
+  const PeerProcess& frontend_process() const { return frontend_process_; }
+
   control::EndpointConfig config_;
   dataplane::NetCounters local_;  // this wake-up's counts; published once
   bool state_dirty_ = false;      // the view must be published again

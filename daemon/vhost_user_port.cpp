@@ -24,6 +24,7 @@ namespace {
 constexpr uint64_t kNetFMtu = 1ull << 3;
 constexpr uint64_t kNetFMac = 1ull << 5;
 constexpr uint64_t kNetFStatus = 1ull << 16;
+constexpr uint64_t kNetFGuestAnnounce = 1ull << 21;
 constexpr uint64_t kNetFMq = 1ull << 22;
 constexpr uint64_t kFAnyLayout = 1ull << 27;
 constexpr uint64_t kGsoFeatures = net::feature::kGuestTso4 | net::feature::kGuestTso6 |
@@ -70,13 +71,19 @@ VhostUserPort::~VhostUserPort() { close_for_detach(); }
 
 uint64_t VhostUserPort::features() const {
   // LOG_ALL: live migration. The engine keeps the log and the queues mark their ring
-  // writes; forward_rx() marks the RX buffers it fills. VIRTIO_NET_F_GUEST_ANNOUNCE is not
-  // offered: virtio 1.2 §5.1.3.1 makes it depend on CTRL_VQ, which vpd does not serve, and
-  // nothing here raises VIRTIO_NET_S_ANNOUNCE in the config space; without it QEMU sends
-  // SEND_RARP after a migration and vpd announces the guest (on_rarp).
+  // writes; forward_rx() marks the RX buffers it fills.
   uint64_t f = config_.features() | virtio::kFeatureEventIdx | virtio::kFeatureIndirectDesc |
                virtio::kFeatureRingPacked | kNetFMtu | kNetFMac | kNetFStatus | kFAnyLayout |
                vhost::kFeatureLogAll;
+  // GUEST_ANNOUNCE, to QEMU only: after a migration the guest announces itself (a
+  // gratuitous ARP per address, IPv6 neighbour advertisements), which tells peers more
+  // than a RARP from its MAC. SPEC: virtio 1.2 §5.1.3.1: it requires CTRL_VQ, and the
+  // device raises VIRTIO_NET_S_ANNOUNCE in its config space. QEMU serves both itself (its
+  // virtio-net keeps the control queue and the status; it passes GUEST_ANNOUNCE through
+  // from the back-end and then sends no SEND_RARP). A front-end that passes vpd's bits to
+  // its guest without a control queue of its own would offer the bit without what it
+  // requires, and Linux's driver refuses such a device; so others get SEND_RARP (on_rarp).
+  if (is_qemu_executable(frontend_process().exe)) f |= kNetFGuestAnnounce;
   // `legacy`: a VIRTIO 0.9.5 peer without MRG_RXBUF, so the 10-byte header.
   if (!config_.legacy) f |= virtio::kFeatureVersion1 | dataplane::kFeatureMrgRxbuf;
   // SPEC: virtio 1.2 §5.1.3: MQ says max_virtqueue_pairs is valid. The driver also needs

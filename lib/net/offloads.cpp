@@ -31,7 +31,7 @@ struct FeatureName {
   uint64_t bit;
   const char* name;
 };
-constexpr std::array<FeatureName, 25> kFeatures{{
+constexpr std::array<FeatureName, 26> kFeatures{{
     {feature::kCsum, "CSUM"},
     {feature::kGuestCsum, "GUEST_CSUM"},
     {feature::kGso, "GSO"},
@@ -51,6 +51,7 @@ constexpr std::array<FeatureName, 25> kFeatures{{
     {1ull << 5, "MAC"},
     {1ull << 15, "MRG_RXBUF"},
     {1ull << 16, "STATUS"},
+    {1ull << 21, "GUEST_ANNOUNCE"},
     {1ull << 22, "MQ"},
     {1ull << 27, "ANY_LAYOUT"},
     {1ull << 28, "INDIRECT_DESC"},

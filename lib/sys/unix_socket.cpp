@@ -119,6 +119,13 @@ std::string name_of(std::string_view value) {
 
 }  // namespace
 
+bool is_qemu_executable(std::string_view exe) {
+  const size_t slash = exe.rfind('/');
+  std::string_view base = slash == std::string_view::npos ? exe : exe.substr(slash + 1);
+  if (base.ends_with(" (deleted)")) base.remove_suffix(10);
+  return (base.starts_with("qemu-system-") && base.size() > 12) || base == "qemu-kvm";
+}
+
 std::string vm_name_from_cmdline(std::string_view cmdline) {
   std::vector<std::string_view> args;
   while (!cmdline.empty()) {

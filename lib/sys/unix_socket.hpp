@@ -44,6 +44,10 @@ PeerProcess describe_peer(int fd);
 /// (cloud-hypervisor has no name option).
 std::string vm_name_from_cmdline(std::string_view cmdline);
 
+/// True when `exe` (a /proc/PID/exe path) is a QEMU system emulator: qemu-system-ARCH or
+/// qemu-kvm, maybe followed by " (deleted)" after a package upgrade.
+bool is_qemu_executable(std::string_view exe);
+
 /// mkdir -p with `mode` for the directories it creates.
 Result<void> make_directories(const std::string& path, mode_t mode);
 

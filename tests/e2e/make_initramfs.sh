@@ -18,7 +18,7 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,sbin,proc,sys,dev,lib/modules,tmp}
 cp "$busybox" "$root/bin/busybox"
-for tool in sh mount insmod ip ping sleep cat echo poweroff grep sed seq ifconfig udhcpc; do
+for tool in sh mount insmod ip ping sleep cat echo poweroff grep sed seq ifconfig udhcpc nc awk; do
   ln -s busybox "$root/bin/$tool"
 done
 
@@ -88,6 +88,22 @@ if [ "$ok" = 1 ] && ping -c "$count" -W 2 "$peer"; then
   echo "VP-E2E-RESULT: ok"
 else
   echo "VP-E2E-RESULT: fail"
+fi
+# VP_STREAM=PORT: take one TCP connection on PORT in the background and, when it ends, check
+# what came: lines "VPSEQ N PAYLOAD" with N counting from 0 in eight digits and PAYLOAD that
+# number 160 times, then "VPEND". Any byte lost, doubled, reordered or changed on the way
+# (in vpd, or in guest memory that a live migration failed to copy) makes a bad line.
+if [ "${VP_STREAM:-0}" != 0 ]; then
+  (
+    nc -l -p "$VP_STREAM" > /tmp/stream
+    awk 'BEGIN { n = 0; bad = 0; end = 0 }
+         $0 == "VPEND" { end = 1; next }
+         { want = sprintf("%08d", n); p = ""; for (i = 0; i < 160; i++) p = p want
+           if (end || NF != 3 || $1 != "VPSEQ" || $2 != want || $3 != p) bad++
+           n++ }
+         END { printf "VP-E2E-STREAM: lines %d bad %d end %d\n", n, bad, end }' /tmp/stream
+  ) &
+  echo "VP-E2E-STREAM: listening on $VP_STREAM"
 fi
 # VP_PINGLOOP=N (kernel command line): N more pings, one line each, about a second apart
 # (answered or not), so a test can watch traffic stop and resume (e.g. across vpd restarts)

@@ -29,10 +29,10 @@ Guest::~Guest() {
 }
 
 std::string Guest::start(const GuestOptions& o) {
-  std::string append = "console=ttyS0 quiet panic=-1 vp.ip=" + o.ip + " vp.peer=" + o.peer +
-                       " vp.count=" + std::to_string(o.count) +
-                       " VP_LINGER=" + std::to_string(o.linger) +
-                       " VP_PINGLOOP=" + std::to_string(o.pingloop);
+  std::string append =
+      "console=ttyS0 quiet panic=-1 vp.ip=" + o.ip + " vp.peer=" + o.peer +
+      " vp.count=" + std::to_string(o.count) + " VP_LINGER=" + std::to_string(o.linger) +
+      " VP_PINGLOOP=" + std::to_string(o.pingloop) + " VP_STREAM=" + std::to_string(o.stream_port);
   std::vector<std::string> args{"qemu-system-x86_64",
                                 "-accel",
                                 "tcg",

@@ -19,6 +19,9 @@ struct GuestOptions {
   int count = 3;
   int linger = 0;    // seconds the guest stays up after its result line
   int pingloop = 0;  // pings after the result line, one "VP-E2E-PING: ok|fail N" line each
+  /// A TCP port the guest listens on (0: none) for a stream of numbered lines, which it
+  /// checks once the stream ends: one "VP-E2E-STREAM: lines N bad B end E" line.
+  int stream_port = 0;
   std::string mac = "52:54:00:00:00:02";
   /// QEMU options that give the guest its NIC, e.g. -chardev/-netdev/-device.
   std::vector<std::string> nic;

@@ -73,5 +73,22 @@ TEST(DescribePeer, a_socketpair_names_this_process) {
   EXPECT_LE(std::chrono::system_clock::now() - who.since, std::chrono::seconds(5));
 }
 
+TEST(IsQemuExecutable, names_of_qemu_system_emulators) {
+  EXPECT_TRUE(is_qemu_executable("/usr/bin/qemu-system-x86_64"));
+  EXPECT_TRUE(is_qemu_executable("/usr/bin/qemu-system-aarch64 (deleted)"));
+  EXPECT_TRUE(is_qemu_executable("/usr/libexec/qemu-kvm"));
+  EXPECT_TRUE(is_qemu_executable("qemu-system-x86_64"));
+}
+
+TEST(IsQemuExecutable, other_front_ends_and_look_alikes_are_not) {
+  EXPECT_FALSE(is_qemu_executable("/usr/bin/cloud-hypervisor"));
+  EXPECT_FALSE(is_qemu_executable("/usr/bin/dpdk-testpmd"));
+  EXPECT_FALSE(is_qemu_executable("/usr/bin/crosvm"));
+  EXPECT_FALSE(is_qemu_executable("/usr/bin/qemu-system-"));
+  EXPECT_FALSE(is_qemu_executable("/opt/qemu-system-x86_64/bin/vmm"));
+  EXPECT_FALSE(is_qemu_executable("/usr/bin/qemu-img"));
+  EXPECT_FALSE(is_qemu_executable(""));
+}
+
 }  // namespace
 }  // namespace vp
