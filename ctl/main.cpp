@@ -226,6 +226,10 @@ int monitor(const std::string& socket_path, const std::vector<std::string>& args
       return usage_error(str("monitor takes --count N and --timeout S, not ", a));
     } else if (only.empty()) {
       if (auto ok = vp::net::validate_ifname(a); !ok) return usage_error(ok.error().message);
+      if (control::is_keyword(a)) {
+        return usage_error(
+            str("'", a, "' is a vpctl word, not an endpoint: `vpctl monitor [NAME]`"));
+      }
       only = a;
     } else {
       return usage_error("monitor watches one endpoint or all: `vpctl monitor [NAME]`");

@@ -204,7 +204,7 @@ void ControlServer::sweep_idle() {
 
 size_t ControlServer::subscribers() const {
   size_t n = 0;
-  for (const auto& [fd, c] : clients_) n += c.subscribed ? 1 : 0;
+  for (const auto& [fd, c] : clients_) n += c.subscribed && !c.closing ? 1 : 0;
   return n;
 }
 
