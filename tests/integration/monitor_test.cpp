@@ -429,5 +429,26 @@ TEST_F(Monitor, seventeenth_subscriber_is_refused_busy_and_the_others_keep_their
   EXPECT_TRUE(again.wait_subscribed()) << again.err_text();
 }
 
+TEST_F(Monitor, quiet_subscriber_outlives_the_idle_sweep_that_closes_a_quiet_client) {
+  MonitorProcess mon(vpd().socket(), /*json=*/true);
+  ASSERT_TRUE(mon.wait_subscribed()) << mon.err_text();
+  // A client that connects and says nothing: the sweep (every 5 s, after 30 s idle) closes it.
+  auto idle = connect_unix(vpd().socket());
+  ASSERT_TRUE(idle);
+  bool idle_closed = false;
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (!idle_closed && std::chrono::steady_clock::now() < deadline) {
+    pollfd p{idle->get(), POLLIN, 0};
+    if (::poll(&p, 1, 1000) == 1) {
+      char c;
+      idle_closed = ::recv(idle->get(), &c, 1, MSG_DONTWAIT) == 0;
+    }
+  }
+  ASSERT_TRUE(idle_closed) << "the idle sweep never ran";
+  // The subscriber, just as quiet for as long, still gets the next event.
+  ok({"vp0", "create", "up"});
+  EXPECT_TRUE(mon.wait_for("vp0", "created")) << mon.err_text() << vpd().log();
+}
+
 }  // namespace
 }  // namespace vp::test
