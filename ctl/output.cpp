@@ -403,3 +403,24 @@ json stats_json(const json& e) {
 }
 
 }  // namespace vp::ctl
+
+namespace vp::ctl {
+
+std::string format_event(const json& event) {
+  std::string line = text(event, "time", "?");
+  line += ' ';
+  line += text(event, "endpoint", "-");
+  line += ' ';
+  line += text(event, "type", "?");
+  line += ": ";
+  line += text(event, "message", "");
+  // One event, one line: a newline or escape in a name (a VM's -name, a path) is not passed
+  // to the terminal.
+  for (char& ch : line) {
+    if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) ch = '?';
+  }
+  line += '\n';
+  return line;
+}
+
+}  // namespace vp::ctl

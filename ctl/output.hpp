@@ -16,6 +16,10 @@ std::string format_stats(const nlohmann::json& endpoint);
 /// and for cloud-hypervisor.
 std::string format_vmm_args(const nlohmann::json& endpoint);
 
+/// `vpctl monitor`: one event (the protocol's event object) as one line:
+/// "TIME ENDPOINT TYPE: MESSAGE", control characters shown as '?'; "-" for no endpoint.
+std::string format_event(const nlohmann::json& event);
+
 /// `vpctl --json vp0 qemu-args`: {"endpoint", "transport", "guest_mac", "shared_memory",
 /// "qemu": {"args": [argv words], "notes": [...]}, "cloud_hypervisor": {...} (vhost-user)}.
 nlohmann::json vmm_args_json(const nlohmann::json& endpoint);

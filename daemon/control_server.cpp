@@ -9,8 +9,30 @@
 #include <vector>
 
 #include "sys/log.hpp"
+#include "sys/str.hpp"
+#include "vp/version.hpp"
 
 namespace vp::daemon {
+
+namespace {
+
+std::string event_line(const Event& event) {
+  return nlohmann::ordered_json{{"version", kProtocolVersion}, {"event", event_json(event)}}
+             .dump() +
+         "\n";
+}
+
+}  // namespace
+
+std::string ControlServer::lost_line(Client& c) {
+  const uint64_t n = std::exchange(c.lost, 0);
+  return event_line({std::chrono::system_clock::now(),
+                     "",
+                     EventType::kLost,
+                     str(n, " event", n == 1 ? " was" : "s were",
+                         " not sent because this monitor did not read in time"),
+                     {{"count", n}}});
+}
 
 ControlServer::ControlServer(Fd listener, int epoll_fd, Handler handler)
     : listener_(std::move(listener)), epoll_fd_(epoll_fd), handler_(std::move(handler)) {
@@ -116,8 +138,10 @@ void ControlServer::process_lines(Client& c, bool at_eof) {
     c.in.erase(0, nl + 1 > c.in.size() ? c.in.size() : nl + 1);
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     auto request = control::decode_request(line);
-    control::Response response =
-        request ? handler_(*request, c.peer) : control::error_response(request.error());
+    control::Response response = !request ? control::error_response(request.error())
+                                 : request->op == control::op::kMonitor
+                                     ? subscribe(c)
+                                     : handler_(*request, c.peer);
     c.out += control::encode(response);
   }
   flush(c);
@@ -126,7 +150,12 @@ void ControlServer::process_lines(Client& c, bool at_eof) {
 
 void ControlServer::flush(Client& c) {
   const int fd = c.fd.get();
-  while (!c.out.empty()) {
+  for (;;) {
+    if (c.out.empty() && c.subscribed && c.lost > 0 && !c.closing) {
+      // It read everything it had: say what it missed, without waiting for the next event.
+      c.out += lost_line(c);
+    }
+    if (c.out.empty()) break;
     const ssize_t n = ::send(fd, c.out.data(), c.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n > 0) {
       c.out.erase(0, static_cast<size_t>(n));
@@ -167,9 +196,63 @@ void ControlServer::sweep_idle() {
   const auto now = std::chrono::steady_clock::now();
   std::vector<int> idle;
   for (const auto& [fd, c] : clients_) {
-    if (now - c.last_active > kIdleTimeout) idle.push_back(fd);
+    // A subscriber waits for events, however long: it is not idle.
+    if (!c.subscribed && now - c.last_active > kIdleTimeout) idle.push_back(fd);
   }
   for (int fd : idle) close_client(fd);
+}
+
+size_t ControlServer::subscribers() const {
+  size_t n = 0;
+  for (const auto& [fd, c] : clients_) n += c.subscribed && !c.closing ? 1 : 0;
+  return n;
+}
+
+control::Response ControlServer::subscribe(Client& c) {
+  if (c.subscribed) {
+    return control::error_response(
+        {"bad-request", "this connection already receives events; send monitor once"});
+  }
+  if (subscribers() >= kMaxSubscribers) {
+    return control::error_response({"busy", str("vpd already has ", kMaxSubscribers,
+                                                " monitors; stop one (or try again later)")});
+  }
+  c.subscribed = true;
+  control::Response r;
+  r.result = {{"subscribed", true}};
+  return r;
+}
+
+void ControlServer::offer(Client& c, const std::string& line) {
+  if (c.out.size() + line.size() > kMaxSubscriberBacklog) {
+    ++c.lost;
+    return;
+  }
+  if (c.lost > 0) c.out += lost_line(c);  // what it missed comes before what follows
+  c.out += line;
+  flush(c);
+}
+
+void ControlServer::publish(const Event& event) {
+  const std::string line = event_line(event);
+  std::vector<int> fds;
+  for (const auto& [fd, c] : clients_) {
+    if (c.subscribed && !c.closing) fds.push_back(fd);
+  }
+  for (int fd : fds) {
+    auto it = clients_.find(fd);  // an earlier flush may have closed it
+    if (it != clients_.end()) offer(it->second, line);
+  }
+}
+
+void ControlServer::publish_lost(uint64_t count) {
+  Event lost{std::chrono::system_clock::now(),
+             "",
+             EventType::kLost,
+             str(count, " event", count == 1 ? " was" : "s were",
+                 " dropped because vpd's event queue was full"),
+             {{"count", count}}};
+  publish(lost);
 }
 
 }  // namespace vp::daemon

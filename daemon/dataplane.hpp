@@ -20,6 +20,7 @@
 
 namespace vp::daemon {
 
+class EventQueue;
 class Worker;
 
 class Dataplane {
@@ -27,7 +28,8 @@ class Dataplane {
   /// Starts `workers` threads. With `try_io_uring`, guest→host TAP writes are batched with
   /// io_uring if the kernel lets vpd set one up (checked once here; if not, vpd says why in
   /// the log once and every queue uses writev); without it they always use writev.
-  explicit Dataplane(unsigned workers, bool try_io_uring = true);
+  /// `events` (may be null; must outlive the Dataplane) receives the session events.
+  explicit Dataplane(unsigned workers, bool try_io_uring = true, EventQueue* events = nullptr);
   ~Dataplane();
   Dataplane(const Dataplane&) = delete;
   Dataplane& operator=(const Dataplane&) = delete;

@@ -8,27 +8,32 @@
 
 #include <algorithm>
 
+#include "daemon/events.hpp"
 #include "sys/log.hpp"
 #include "sys/str.hpp"
 #include "sys/unix_socket.hpp"
 
 namespace vp::daemon {
 
-namespace {
-
 // "uid 0 pid 1234, /usr/bin/qemu-system-x86_64, VM g1" for the log.
-std::string describe(const PeerProcess& who) {
+std::string describe_process(const PeerProcess& who) {
   std::string out = str("uid ", who.credentials.uid, " pid ", who.credentials.pid);
   if (!who.exe.empty()) out += str(", ", who.exe);
   if (!who.vm_name.empty()) out += str(", VM ", who.vm_name);
   return out;
 }
 
-}  // namespace
-
 FrontendSocket::FrontendSocket(const control::EndpointConfig& config, std::string_view what,
-                               std::function<void(Fd, PeerProcess)> connected)
-    : config_(config), what_(what), connected_(std::move(connected)) {}
+                               std::function<void(Fd, PeerProcess)> connected, EventQueue* events)
+    : config_(config), what_(what), connected_(std::move(connected)), events_(events) {}
+
+void FrontendSocket::publish_refusal(const PeerCredentials& peer, std::string_view reason,
+                                     std::string message) {
+  if (!events_) return;
+  events_->publish(EventType::kFrontendRefused, config_.name, std::move(message),
+                   {{"reason", std::string(reason)},
+                    {"peer", {{"pid", peer.pid}, {"uid", peer.uid}, {"gid", peer.gid}}}});
+}
 
 void FrontendSocket::open(int epoll, Fd listener, uint64_t listener_tag, uint64_t redial_tag) {
   listener_ = std::move(listener);
@@ -50,8 +55,10 @@ std::string_view FrontendSocket::socket() const {
 bool FrontendSocket::admit(const PeerCredentials& peer) {
   if (control::peer_allowed(config_.allow, peer.uid, peer.gid)) return true;
   ++refused_peers_;
-  log::warning(config_.name, ": refused a frontend on ", config_.bind, " (uid ", peer.uid, " gid ",
-               peer.gid, " pid ", peer.pid, "): not in allow=");
+  const std::string why = str("refused a ", what_, " on ", config_.bind, " (uid ", peer.uid,
+                              " gid ", peer.gid, " pid ", peer.pid, "): not in allow=");
+  log::warning(config_.name, ": ", why);
+  publish_refusal(peer, "allow", why);
   return false;
 }
 
@@ -63,8 +70,10 @@ bool FrontendSocket::accept(bool busy) {
     const auto peer = peer_credentials(conn.get());
     if (busy) {
       // One session at a time: a second frontend would fight the first over the endpoint.
-      log::warning(config_.name, ": refused a second frontend on ", config_.bind, " (pid ",
-                   peer.pid, "); one is connected");
+      const std::string why = str("refused a second ", what_, " on ", config_.bind, " (uid ",
+                                  peer.uid, " pid ", peer.pid, "): one is connected");
+      log::warning(config_.name, ": ", why);
+      publish_refusal(peer, "busy", why);
       continue;
     }
     if (!admit(peer)) {
@@ -72,8 +81,8 @@ bool FrontendSocket::accept(bool busy) {
       continue;
     }
     PeerProcess who = describe_peer(conn.get());
-    log::notice(config_.name, ": ", what_, " connected on ", config_.bind, " (", describe(who),
-                ")");
+    log::notice(config_.name, ": ", what_, " connected on ", config_.bind, " (",
+                describe_process(who), ")");
     busy = true;
     connected_(std::move(conn), std::move(who));
   }
@@ -97,8 +106,8 @@ void FrontendSocket::dial() {
   ::fcntl(fd->get(), F_SETFL, ::fcntl(fd->get(), F_GETFL) | O_NONBLOCK);
   // The VMM serving peer= is a process too: SO_PEERCRED names it as it does on bind=.
   PeerProcess who = describe_peer(fd->get());
-  log::notice(config_.name, ": connected to ", what_, " at ", config_.peer, " (", describe(who),
-              ")");
+  log::notice(config_.name, ": connected to ", what_, " at ", config_.peer, " (",
+              describe_process(who), ")");
   connected_(std::move(*fd), std::move(who));
 }
 

@@ -15,14 +15,20 @@
 
 namespace vp::daemon {
 
+class EventQueue;
+
+/// "uid 0 pid 1234, /usr/bin/qemu-system-x86_64, VM g1": the process for log lines and events.
+std::string describe_process(const PeerProcess& who);
+
 class FrontendSocket {
  public:
   /// `connected(conn, who)` starts a session on a connection that may be served (accepted or
   /// dialled); `who` is the process at the other end, read once as it connects. `config` and
   /// `connected` must outlive this object; `what` names the frontend in log lines
-  /// ("frontend", "stream frontend").
+  /// ("frontend", "stream frontend"). A refused connection is also published to `events`
+  /// (may be null).
   FrontendSocket(const control::EndpointConfig& config, std::string_view what,
-                 std::function<void(Fd, PeerProcess)> connected);
+                 std::function<void(Fd, PeerProcess)> connected, EventQueue* events = nullptr);
   FrontendSocket(const FrontendSocket&) = delete;
   FrontendSocket& operator=(const FrontendSocket&) = delete;
 
@@ -49,10 +55,13 @@ class FrontendSocket {
   /// allow=: true if the peer on a bind socket may be served; otherwise logs and counts it.
   bool admit(const PeerCredentials& peer);
   void arm_redial();
+  /// Publishes a frontend-refused event: `reason` "allow" or "busy".
+  void publish_refusal(const PeerCredentials& peer, std::string_view reason, std::string message);
 
   const control::EndpointConfig& config_;
   std::string_view what_;
   std::function<void(Fd, PeerProcess)> connected_;
+  EventQueue* events_;
   Fd listener_;
   Fd redial_;
   Interest listener_interest_;

@@ -57,6 +57,7 @@ void Registry::reconcile_marked() {
               " down name ", name, "` puts it back, then vpd re-applies its settings");
       if (e.problems != std::vector<std::string>{problem}) {
         log::error(name, ": ", problem);
+        emit(EventType::kProblem, name, problem, {{"problem", problem}});
         e.problems = {problem};
       }
       continue;
@@ -79,6 +80,9 @@ void Registry::reconcile_marked() {
       for (const auto& c : found_changed) what += (what.empty() ? "" : ", ") + c;
       log::warning(name, ": changed behind vpd's back (", what,
                    "); putting back what its settings say");
+      emit(EventType::kPutBack, name,
+           str("changed behind vpd's back (", what, "); putting back what its settings say"),
+           {{"found", found_changed}});
     }
     const bool had_problems = !e.problems.empty();
     std::vector<std::string> problems;
@@ -86,9 +90,13 @@ void Registry::reconcile_marked() {
     for (const auto& p : problems) {
       if (std::find(e.problems.begin(), e.problems.end(), p) == e.problems.end()) {
         log::error(name, ": cannot put back: ", p);
+        emit(EventType::kProblem, name, str("cannot put back: ", p), {{"problem", p}});
       }
     }
-    if (had_problems && problems.empty()) log::notice(name, ": matches its settings again");
+    if (had_problems && problems.empty()) {
+      log::notice(name, ": matches its settings again");
+      emit(EventType::kProblemCleared, name, "matches its settings again");
+    }
     e.problems = std::move(problems);
   }
 }

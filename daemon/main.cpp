@@ -24,6 +24,7 @@
 #include "control/state_file.hpp"
 #include "daemon/control_server.hpp"
 #include "daemon/dataplane.hpp"
+#include "daemon/events.hpp"
 #include "daemon/options.hpp"
 #include "daemon/registry.hpp"
 #include "net/link_events.hpp"
@@ -177,10 +178,11 @@ void watch_readable(int epoll, int fd) {
 class ControlLoop {
  public:
   ControlLoop(const Options& options, const sigset_t& signals, Registry& registry,
-              Dataplane& dataplane, std::string socket_path)
+              Dataplane& dataplane, EventQueue& events, std::string socket_path)
       : options_(options),
         registry_(registry),
         dataplane_(dataplane),
+        events_(events),
         socket_path_(std::move(socket_path)),
         epoll_(::epoll_create1(EPOLL_CLOEXEC)),
         sigfd_(::signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC)) {}
@@ -198,6 +200,7 @@ class ControlLoop {
     start_tick();
     watch_readable(epoll_.get(), sigfd_.get());
     watch_readable(epoll_.get(), timer_.get());
+    watch_readable(epoll_.get(), events_.fd());
     // Changes behind vpd's back: without the subscription vpd still works, but no longer
     // notices them (said once).
     std::optional<net::LinkEvents> links;
@@ -236,6 +239,10 @@ class ControlLoop {
             registry_.mark_all();
           }
           registry_.reconcile_marked();
+        } else if (fd == events_.fd()) {
+          uint64_t lost = 0;
+          for (const Event& event : events_.drain(lost)) server.publish(event);
+          if (lost > 0) server.publish_lost(lost);
         } else if (server.owns(fd)) {
           server.on_event(fd, events[i].events);
         }
@@ -313,6 +320,7 @@ class ControlLoop {
   const Options& options_;
   Registry& registry_;
   Dataplane& dataplane_;
+  EventQueue& events_;
   std::string socket_path_;
   Fd epoll_;
   Fd sigfd_;
@@ -367,9 +375,11 @@ int run(const Options& o) {
     return 1;
   }
   // Data-path workers: one per core, at most 4; each owns whole endpoints.
-  Dataplane dataplane(std::clamp(std::thread::hardware_concurrency(), 1u, 4u), o.io_uring);
+  // Events for `vpctl monitor`, from the registry and the workers; outlives both.
+  EventQueue events;
+  Dataplane dataplane(std::clamp(std::thread::hardware_concurrency(), 1u, 4u), o.io_uring, &events);
   Registry registry(std::move(*netlink), {o.runtime_dir, state_path}, net::read_machine_id(),
-                    dataplane);
+                    dataplane, &events);
   sd_notify(0, "STATUS=restoring saved endpoints");
   registry.restore(*state);
   registry.apply_declarations(*declarations);
@@ -382,7 +392,7 @@ int run(const Options& o) {
     return 1;
   }
   UnlinkOnExit unlink_socket{activated ? std::string() : socket_path};
-  ControlLoop loop(o, signals, registry, dataplane, socket_path);
+  ControlLoop loop(o, signals, registry, dataplane, events, socket_path);
   return loop.run(std::move(*listener), activated);
 }
 

@@ -1,6 +1,9 @@
 #include "daemon/port.hpp"
 
+#include <algorithm>
+
 #include "sys/log.hpp"
+#include "sys/str.hpp"
 
 namespace vp::daemon {
 
@@ -27,8 +30,10 @@ Port::Port(Worker& worker, uint32_t id, control::EndpointConfig config,
       worker_(worker),
       id_(id),
       status_(std::move(status)),
-      frontend_(config_, frontend,
-                [this](Fd conn, PeerProcess who) { connected(std::move(conn), std::move(who)); }) {}
+      frontend_(
+          config_, frontend,
+          [this](Fd conn, PeerProcess who) { connected(std::move(conn), std::move(who)); },
+          worker.events()) {}
 
 Port::~Port() { worker_.forget_pending(this); }
 
@@ -39,7 +44,16 @@ void Port::open_frontend(Fd listener) {
   publish();
 }
 
+void Port::emit(EventType type, std::string message, nlohmann::json details) {
+  if (EventQueue* events = worker_.events()) {
+    events->publish(type, config_.name, std::move(message), std::move(details));
+  }
+}
+
 void Port::connected(Fd conn, PeerProcess who) {
+  emit(EventType::kFrontendConnected,
+       str("a frontend connected on ", frontend_.socket(), " (", describe_process(who), ")"),
+       {{"frontend", peer_process_json(who)}, {"socket", std::string(frontend_.socket())}});
   frontend_process_ = std::move(who);
   start_session(std::move(conn));
   ++sessions_;
@@ -49,6 +63,8 @@ void Port::connected(Fd conn, PeerProcess who) {
 void Port::end_session(std::string_view why) {
   if (!session_open()) return;
   close_session(why);
+  emit(EventType::kFrontendDisconnected, str("the frontend session ended (", why, ")"),
+       {{"reason", std::string(why)}});
   state_dirty_ = true;
   if (frontend_.dials() && !detaching_) frontend_.dial();
 }
@@ -118,6 +134,43 @@ void Port::publish() {
     v.frontend.reset();
   }
   status_->active = fill_view(v);
+  emit_changes(v);
+}
+
+void Port::emit_changes(const SessionView& v) {
+  if (v.queues_running != seen_queues_running_) {
+    const bool started = v.queues_running > seen_queues_running_;
+    const nlohmann::json details{{"queues_running", v.queues_running}, {"queues", v.queues}};
+    if (started) {
+      emit(EventType::kQueuesStarted,
+           str("the guest's driver started its queues (", v.queues_running, " of ", v.queues,
+               " running)"),
+           details);
+    } else {
+      emit(EventType::kQueuesStopped,
+           str("queues stopped (", v.queues_running, " of ", v.queues, " running)"), details);
+    }
+    seen_queues_running_ = v.queues_running;
+  }
+  if (v.carrier != seen_carrier_) {
+    if (v.carrier) {
+      emit(EventType::kCarrierUp, str(name(), " has carrier: the guest's queues run"));
+    } else {
+      emit(EventType::kCarrierDown, str(name(), " lost carrier: the guest's queues stopped"));
+    }
+    seen_carrier_ = v.carrier;
+  }
+  for (const std::string& broken : v.broken_queues) {
+    if (std::find(seen_broken_.begin(), seen_broken_.end(), broken) != seen_broken_.end()) {
+      continue;
+    }
+    const size_t colon = broken.find(": ");
+    const std::string queue = broken.substr(0, colon);
+    const std::string reason = colon == std::string::npos ? "" : broken.substr(colon + 2);
+    emit(EventType::kRingBroken, str("ring ", queue, " marked broken: ", reason),
+         {{"queue", queue}, {"reason", reason}});
+  }
+  seen_broken_ = v.broken_queues;
 }
 
 }  // namespace vp::daemon

@@ -11,8 +11,10 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "control/endpoint.hpp"
+#include "daemon/events.hpp"
 #include "daemon/frontend_socket.hpp"
 #include "daemon/session_view.hpp"
 #include "daemon/worker.hpp"
@@ -105,6 +107,11 @@ class Port {
 
  private:
   void connected(Fd conn, PeerProcess who);
+  /// Publishes an event about this endpoint (nothing when the worker has no event queue).
+  void emit(EventType type, std::string message, nlohmann::json details = nullptr);
+  /// Events from what changed in the view since the last publish: queues started or stopped,
+  /// carrier, rings marked broken. Session events are rare; nothing here runs per frame.
+  void emit_changes(const SessionView& v);
 
   Worker& worker_;
   uint32_t id_;
@@ -112,6 +119,10 @@ class Port {
   FrontendSocket frontend_;
   uint64_t sessions_ = 0;
   PeerProcess frontend_process_;  // who the running session is with
+  // What the last publish showed, for emit_changes().
+  uint32_t seen_queues_running_ = 0;
+  bool seen_carrier_ = false;
+  std::vector<std::string> seen_broken_;
   bool pending_marked_ = false;
   bool detaching_ = false;
 };

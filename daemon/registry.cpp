@@ -8,6 +8,7 @@
 #include <set>
 
 #include "control/journal.hpp"
+#include "control/keys.hpp"
 #include "daemon/tap_provision.hpp"
 #include "net/ifname.hpp"
 #include "sys/log.hpp"
@@ -30,11 +31,33 @@ std::string join(const std::vector<std::string>& words, std::string_view sep) {
   return out;
 }
 
+// The keys (as typed) whose values differ between `before` and `after`; up/down is "up".
+std::vector<std::string> changed_keys(const EndpointConfig& before, const EndpointConfig& after) {
+  std::vector<std::string> keys;
+  for (const control::KeyRow& row : control::endpoint_keys()) {
+    if (row.get && row.get(before) != row.get(after)) keys.emplace_back(row.name);
+  }
+  if (before.up != after.up) keys.emplace_back("up");
+  return keys;
+}
+
 }  // namespace
 
-Registry::Registry(net::Netlink netlink, Paths paths, std::string machine_id, Dataplane& dataplane)
+void Registry::emit(EventType type, const std::string& name, std::string message, json details,
+                    std::optional<uint64_t> mark) {
+  if (!events_) return;
+  if (mark) {
+    events_->publish_at(*mark, type, name, std::move(message), std::move(details));
+  } else {
+    events_->publish(type, name, std::move(message), std::move(details));
+  }
+}
+
+Registry::Registry(net::Netlink netlink, Paths paths, std::string machine_id, Dataplane& dataplane,
+                   EventQueue* events)
     : netlink_(std::move(netlink)),
       dataplane_(dataplane),
+      events_(events),
       paths_(std::move(paths)),
       machine_id_(std::move(machine_id)) {}
 
@@ -268,6 +291,7 @@ Result<json> Registry::create(std::string name, const control::Change& change, s
     found = **link;
     if (auto a = netlink_.addresses(found->ifindex)) found_addresses = std::move(*a);
   }
+  const uint64_t mark = event_mark();
   if (auto ok = realise(e, nullptr, *config); !ok) {
     if (found) {
       dataplane_.detach(name);
@@ -284,8 +308,10 @@ Result<json> Registry::create(std::string name, const control::Change& change, s
     endpoints_.erase(it);
     return std::unexpected(ok.error());
   }
-  log::notice(name, ": created with ", join(control::to_tokens(*config), " "), " (by ", caller.who,
-              ")");
+  const std::string settings = join(control::to_tokens(*config), " ");
+  log::notice(name, ": created with ", settings, " (by ", caller.who, ")");
+  emit(EventType::kCreated, name, str("created with ", settings, " (by ", caller.who, ")"),
+       {{"by", caller.who}}, mark);
   return describe(it->second);
 }
 
@@ -308,6 +334,7 @@ Result<json> Registry::set(const std::string& name, const control::Change& chang
   if (auto ok = control::validate(*config); !ok) return std::unexpected(ok.error());
   if (auto ok = check_conflicts(*config, &e); !ok) return std::unexpected(ok.error());
 
+  const uint64_t mark = event_mark();
   if (auto ok = realise(e, &before, *config); !ok) {
     // Put the kernel back as it was; the endpoint keeps its old configuration.
     if (auto back = realise(e, &*config, before); !back) {
@@ -326,6 +353,10 @@ Result<json> Registry::set(const std::string& name, const control::Change& chang
   }
   e.problems.clear();
   log::notice(name, ": set ", join(control::to_tokens(*config), " "), " (by ", caller.who, ")");
+  if (auto keys = changed_keys(before, *config); !keys.empty()) {
+    emit(EventType::kChanged, name, str("changed ", join(keys, ", "), " (by ", caller.who, ")"),
+         {{"keys", keys}, {"by", caller.who}}, mark);
+  }
   return describe(e);
 }
 
@@ -349,6 +380,7 @@ Result<void> Registry::destroy(const std::string& name, const Caller& caller) {
     ::unlink(e.config.bind.c_str());
   }
   log::notice(name, ": destroyed (by ", caller.who, ")");
+  emit(EventType::kDestroyed, name, str("destroyed (by ", caller.who, ")"), {{"by", caller.who}});
   return {};
 }
 

@@ -14,6 +14,7 @@
 #include "control/state_file.hpp"
 #include "daemon/dataplane.hpp"
 #include "daemon/endpoint.hpp"
+#include "daemon/events.hpp"
 #include "daemon/steps.hpp"
 #include "net/link.hpp"
 #include "net/link_events.hpp"
@@ -38,7 +39,10 @@ class Registry {
   };
 
   /// `dataplane` serves the guest side of vhost-user endpoints; it must outlive the Registry.
-  Registry(net::Netlink netlink, Paths paths, std::string machine_id, Dataplane& dataplane);
+  /// `events` (may be null; must outlive it) receives created/changed/destroyed and the
+  /// changes found behind vpd's back.
+  Registry(net::Netlink netlink, Paths paths, std::string machine_id, Dataplane& dataplane,
+           EventQueue* events = nullptr);
   ~Registry();
 
   /// Re-adopts (or re-creates) every saved endpoint and makes the kernel match it. An
@@ -115,8 +119,15 @@ class Registry {
   /// The endpoint's configuration with its live status (kernel link, guest session).
   nlohmann::json describe(const Endpoint& e);
 
+  /// Queues an event (nothing without an event queue). With `mark`, before what workers
+  /// published since then (EventQueue::publish_at).
+  void emit(EventType type, const std::string& name, std::string message,
+            nlohmann::json details = nullptr, std::optional<uint64_t> mark = std::nullopt);
+  uint64_t event_mark() const { return events_ ? events_->mark() : 0; }
+
   net::Netlink netlink_;
   Dataplane& dataplane_;
+  EventQueue* events_;
   Paths paths_;
   std::string machine_id_;
   std::map<std::string, Endpoint> endpoints_;

@@ -4,6 +4,7 @@
 
 #include <ctime>
 
+#include "daemon/events.hpp"
 #include "daemon/registry.hpp"
 #include "net/ethtool.hpp"
 #include "net/offloads.hpp"
@@ -25,31 +26,6 @@ json name_array(std::string_view names, char sep) {
     names.remove_prefix(at + 1);
   }
   return out;
-}
-
-// RFC 3339 in UTC, to the second: "2026-12-03T17:30:02Z".
-std::string utc_text(std::chrono::system_clock::time_point t) {
-  const std::time_t secs = std::chrono::system_clock::to_time_t(t);
-  std::tm tm{};
-  ::gmtime_r(&secs, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
-json frontend_json(const PeerProcess& who) {
-  json f{
-      {"pid", who.credentials.pid},
-      {"uid", who.credentials.uid},
-      {"gid", who.credentials.gid},
-      {"connected_since", utc_text(who.since)},
-      {"connected_since_unix",
-       std::chrono::duration_cast<std::chrono::seconds>(who.since.time_since_epoch()).count()},
-  };
-  // Left out, not empty, when /proc did not say (another PID namespace, a VMM without -name).
-  if (!who.exe.empty()) f["exe"] = who.exe;
-  if (!who.vm_name.empty()) f["vm_name"] = who.vm_name;
-  return f;
 }
 
 }  // namespace
@@ -105,7 +81,7 @@ json Registry::describe(const Endpoint& e) {
   if (auto v = dataplane_.view(e.config.name)) {
     status["guest"] = std::string(session_state_name(v->state));
     status["socket"] = v->socket;
-    if (v->frontend) status["frontend"] = frontend_json(*v->frontend);
+    if (v->frontend) status["frontend"] = peer_process_json(*v->frontend);
     json counters = json::object();
     for (const auto& f : dataplane::kNetCounterFields)
       counters[std::string(f.name)] = v->counters.*f.member;

@@ -49,6 +49,7 @@ struct SessionView {
   uint64_t refused_peers = 0;  // connections turned away by allow=
   uint64_t refused_messages = 0;
   bool dirty_logging = false;              // live migration: LOG_ALL acked and a log set
+  bool carrier = false;                    // vpd gave the TAP carrier (the guest's queues run)
   std::vector<std::string> broken_queues;  // "rx0: avail-index-jump"
   std::string tx_path;  // vhost-user: "io_uring" or "writev" (guest→host TAP writes)
   /// The process of the running session (kConnected only), as it was when it connected.

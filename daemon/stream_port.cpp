@@ -34,7 +34,8 @@ StreamPort::~StreamPort() { close_for_detach(); }
 
 bool StreamPort::fill_view(SessionView& v) const {
   v.tun_offloads = 0;
-  return false;  // no negotiation: the registry's settings stand
+  v.carrier = conn_.valid();  // carrier follows the stream session
+  return false;               // no negotiation: the registry's settings stand
 }
 
 void StreamPort::start_session(Fd conn) {

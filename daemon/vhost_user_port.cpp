@@ -229,6 +229,7 @@ bool VhostUserPort::fill_view(SessionView& v) const {
   v.features = backend_ ? acked_ & ~vhost::kFeatureLogAll : 0;
   v.packed = backend_ && (acked_ & virtio::kFeatureRingPacked);
   v.queues = num_queues();
+  v.carrier = carrier_;
   v.queues_running = 0;
   for (const Pair& pair : pairs_) v.queues_running += pair.rx_running + pair.tx_running;
   v.hdr_len = backend_ && acked_ ? session_.hdr_len : 0;

@@ -60,9 +60,10 @@ void Interest::clear() noexcept {
 
 // Worker ------------------------------------------------------------------------------------
 
-Worker::Worker(unsigned index, bool io_uring)
+Worker::Worker(unsigned index, bool io_uring, EventQueue* events)
     : index_(index),
       io_uring_(io_uring),
+      events_(events),
       epoll_(::epoll_create1(EPOLL_CLOEXEC)),
       wake_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
   epoll_event ev{};

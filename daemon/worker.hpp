@@ -22,6 +22,7 @@
 
 namespace vp::daemon {
 
+class EventQueue;
 class Port;
 struct PortStatus;
 
@@ -93,7 +94,8 @@ class Worker {
 
   /// `io_uring`: transmit queues may batch their TAP writes with io_uring (the daemon found
   /// it usable and was not told otherwise); false: every queue uses writev.
-  explicit Worker(unsigned index, bool io_uring = false);
+  /// `events` (may be null) receives its ports' session events; it must outlive the worker.
+  explicit Worker(unsigned index, bool io_uring = false, EventQueue* events = nullptr);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -126,6 +128,8 @@ class Worker {
   int epoll() const { return epoll_.get(); }
   dataplane::NetScratch& scratch() { return scratch_; }
   bool io_uring() const { return io_uring_; }
+  /// Where ports publish their session events (null: nowhere).
+  EventQueue* events() const { return events_; }
   /// `port` left work for later (budget used up): continue_work() once the epoll is idle.
   void mark_pending(Port* port) { pending_.push_back(port); }
   void forget_pending(Port* port) { std::erase(pending_, port); }
@@ -141,6 +145,7 @@ class Worker {
 
   unsigned index_;
   bool io_uring_;
+  EventQueue* events_;
   Fd epoll_;
   Fd wake_;
   std::thread thread_;

@@ -14,8 +14,8 @@ namespace {
 
 constexpr std::array<std::string_view, 4> kVerbs{"create", "up", "down", "destroy"};
 // Words that vpctl uses as commands; they cannot name an endpoint either.
-constexpr std::array<std::string_view, 8> kCommands{"list",      "version", "help",    "stats",
-                                                    "qemu-args", "show",    "metrics", "set"};
+constexpr std::array<std::string_view, 9> kCommands{
+    "list", "version", "help", "stats", "qemu-args", "show", "metrics", "set", "monitor"};
 
 // "peer= bind= ... legacy lock-mac, create up down destroy, and the toggles ...": every
 // word the grammar takes, for the unknown-key message.

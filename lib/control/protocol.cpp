@@ -12,8 +12,8 @@ using nlohmann::json;
 
 namespace {
 
-constexpr std::array<std::string_view, 6> kOps{op::kHello,  op::kList, op::kShow,
-                                               op::kCreate, op::kSet,  op::kDestroy};
+constexpr std::array<std::string_view, 7> kOps{op::kHello, op::kList,    op::kShow,   op::kCreate,
+                                               op::kSet,   op::kDestroy, op::kMonitor};
 
 Result<json> parse_object(std::string_view line, std::string_view what, const char* code) {
   json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
@@ -53,8 +53,8 @@ Result<Request> decode_request(std::string_view line) {
   }
   r.op = op->get<std::string>();
   if (std::find(kOps.begin(), kOps.end(), r.op) == kOps.end()) {
-    return fail("bad-request",
-                str("unknown op \"", r.op, "\"; known: hello list show create set destroy"));
+    return fail("bad-request", str("unknown op \"", r.op,
+                                   "\"; known: hello list show create set destroy monitor"));
   }
   if (auto e = j->find("endpoint"); e != j->end()) {
     if (!e->is_string()) return fail("bad-request", "\"endpoint\" must be a string");

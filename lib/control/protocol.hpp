@@ -21,6 +21,8 @@ inline constexpr std::string_view kShow = "show";
 inline constexpr std::string_view kCreate = "create";
 inline constexpr std::string_view kSet = "set";
 inline constexpr std::string_view kDestroy = "destroy";
+/// Turns the connection into a subscription: one response, then one event line each.
+inline constexpr std::string_view kMonitor = "monitor";
 }  // namespace op
 
 /// One request: a JSON object on one line.

@@ -268,7 +268,7 @@ vpctl_man=$(zcat /usr/share/man/man8/vpctl.8.gz | sed 's/\\-/-/g')
 for opt in $(/usr/sbin/vpd --help | grep -o -- '--[a-z-]*' | sort -u); do
   grep -q -- "$opt" <<<"$vpd_man" || fail "vpd(8) does not mention $opt (in vpd --help)"
 done
-for word in list version create destroy stats qemu-args --socket --json VPD_SOCKET; do
+for word in list version create destroy stats qemu-args monitor --count --timeout --socket --json VPD_SOCKET; do
   grep -q -- "$word" <<<"$vpctl_man" || fail "vpctl(8) does not mention $word (in vpctl --help)"
 done
 for key in $(/usr/bin/vpctl --help | grep -o '[a-z-]*=' | sort -u); do
