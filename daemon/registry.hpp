@@ -12,6 +12,7 @@
 #include "control/grammar.hpp"
 #include "control/protocol.hpp"
 #include "control/state_file.hpp"
+#include "daemon/accounts.hpp"
 #include "daemon/dataplane.hpp"
 #include "daemon/endpoint.hpp"
 #include "daemon/steps.hpp"
@@ -116,6 +117,7 @@ class Registry {
   nlohmann::json describe(const Endpoint& e);
 
   net::Netlink netlink_;
+  Accounts accounts_;
   Dataplane& dataplane_;
   Paths paths_;
   std::string machine_id_;
