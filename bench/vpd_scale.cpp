@@ -11,13 +11,20 @@
 //             a second of rest.
 //   memory    VmRSS of vpd after the creates minus before, divided by N.
 //   restart   kill -9, start vpd again, and time until every endpoint's bind socket accepts
-//             a connection (each socket is tried until it does).
+//             a connection (each socket is tried until it does), which also shows that every
+//             accepted create was saved before vpctl got its answer.
+//   fd limit  vpd raised its soft NOFILE limit to the hard one (/proc/PID/limits).
+//
+// --run-base picks where the temporary directory goes: /tmp is the disk (what users have),
+// a tmpfs takes the disk out of the figure. vpd's and the vpctl calls' CPU per call (user +
+// sys) are printed too: they depend less than the wall time on what else the machine runs.
 //
 // Each figure is printed with its target and "met" / "not met".
 
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -53,6 +60,7 @@ struct Options {
   double idle_seconds = 5;
   std::string vpd = VPD_BINARY;
   std::string vpctl = VPCTL_BINARY;
+  std::string run_base = "/tmp";
   bool keep = false;
 };
 
@@ -67,6 +75,8 @@ const char* const kUsage =
     "  --idle N        seconds over which idle CPU is measured (default 5)\n"
     "  --vpd PATH      vpd binary (default: the one built with this benchmark)\n"
     "  --vpctl PATH    vpctl binary (default: likewise)\n"
+    "  --run-base DIR  where the temporary directory (state, sockets) goes (default /tmp);\n"
+    "                  a tmpfs such as /dev/shm takes the disk out of the figure\n"
     "  --keep          keep the temporary directory (vpd's log) and print its path\n";
 
 Options parse_options(int argc, char** argv) {
@@ -90,6 +100,8 @@ Options parse_options(int argc, char** argv) {
       o.vpd = value();
     } else if (a == "--vpctl") {
       o.vpctl = value();
+    } else if (a == "--run-base") {
+      o.run_base = value();
     } else if (a == "--keep") {
       o.keep = true;
     } else {
@@ -206,6 +218,22 @@ class Vpd {
     return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
   }
 
+  /// "Max open files" soft and hard limits from /proc/PID/limits ("unlimited" is -1).
+  std::pair<long, long> nofile_limits() const {
+    std::ifstream in("/proc/" + std::to_string(pid_) + "/limits");
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind("Max open files", 0) != 0) continue;
+      std::istringstream fields(line.substr(14));
+      std::string soft, hard;
+      fields >> soft >> hard;
+      auto number = [](const std::string& f) {
+        return f == "unlimited" ? -1 : std::atol(f.c_str());
+      };
+      return {number(soft), number(hard)};
+    }
+    return {0, 0};
+  }
+
   /// VmRSS in KB.
   long rss_kb() const {
     std::ifstream in("/proc/" + std::to_string(pid_) + "/status");
@@ -221,7 +249,15 @@ class Vpd {
   pid_t pid_ = -1;
 };
 
-const char* verdict(bool met) { return met ? "met" : "NOT met"; }
+/// user + sys of the children waited for so far (the vpctl calls), in seconds.
+double children_cpu_seconds() {
+  rusage ru{};
+  ::getrusage(RUSAGE_CHILDREN, &ru);
+  auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+  return s(ru.ru_utime) + s(ru.ru_stime);
+}
+
+const char* verdict(bool met) { return met ? "met" : "not met"; }
 
 }  // namespace
 
@@ -230,8 +266,10 @@ int main(int argc, char** argv) {
   if (::geteuid() != 0) die("run as root (it creates a network namespace and TAP devices)");
   if (::unshare(CLONE_NEWNET) != 0)
     die(std::string("unshare(CLONE_NEWNET): ") + std::strerror(errno));
-  char tmpl[] = "/tmp/vpd-scale-XXXXXX";
-  if (::mkdtemp(tmpl) == nullptr) die(std::string("mkdtemp: ") + std::strerror(errno));
+  std::string tmpl = o.run_base + "/vpd-scale-XXXXXX";
+  if (::mkdtemp(tmpl.data()) == nullptr) {
+    die("mkdtemp in " + o.run_base + ": " + std::strerror(errno));
+  }
   const std::string dir = tmpl;
   { std::ofstream(dir + "/vpd.conf") << ""; }
   const int n = o.endpoints;
@@ -242,6 +280,11 @@ int main(int argc, char** argv) {
     const long rss_before = vpd.rss_kb();
 
     std::printf("vpd_scale: %d endpoints (vpctl vpI create up, one call after the other)\n", n);
+    const auto [soft, hard] = vpd.nofile_limits();
+    std::printf("  fd limit: vpd's soft NOFILE %ld, hard %ld        target soft == hard: %s\n",
+                soft, hard, verdict(soft == hard));
+    const double vpd_cpu0 = vpd.cpu_seconds();
+    const double ctl_cpu0 = children_cpu_seconds();
     const auto t0 = Clock::now();
     for (int i = 0; i < n; ++i) {
       if (const int rc = vpd.ctl({"vp" + std::to_string(i), "create", "up"}); rc != 0) {
@@ -252,6 +295,11 @@ int main(int argc, char** argv) {
     const double create_s = seconds_since(t0);
     std::printf("  create:  %.2f s in all, %.2f ms per call            target < 10 s: %s\n",
                 create_s, create_s * 1000 / n, verdict(create_s < 10));
+    // CPU per call depends less on the load of a shared machine than the wall time does.
+    const double vpd_cpu = vpd.cpu_seconds() - vpd_cpu0;
+    const double ctl_cpu = children_cpu_seconds() - ctl_cpu0;
+    std::printf("           CPU per call: vpd %.2f ms, vpctl %.2f ms (user + sys)\n",
+                vpd_cpu * 1000 / n, ctl_cpu * 1000 / n);
 
     std::this_thread::sleep_for(std::chrono::seconds(1));
     const double cpu0 = vpd.cpu_seconds();

@@ -18,6 +18,17 @@
 namespace vp::daemon {
 
 void Registry::on_link_event(const net::LinkEvent& ev) {
+  // The usual event is about an endpoint's own TAP under its own name: found by name, and
+  // since no two endpoints share an ifindex, no other endpoint can be concerned. Only a
+  // bridge, a renamed TAP or another interface needs the scan, so that the few events of
+  // each create do not cost O(endpoints).
+  if (ev.kind != "bridge") {
+    auto named = endpoints_.find(ev.name);
+    if (named != endpoints_.end() && named->second.ifindex == ev.ifindex) {
+      marked_.insert(named->first);
+      return;
+    }
+  }
   for (const auto& [name, e] : endpoints_) {
     const bool its_tap = ev.ifindex == e.ifindex || (ev.name == name && !ev.removed);
     const bool its_bridge = ev.kind == "bridge" && ev.name == e.config.bridge;

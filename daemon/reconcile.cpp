@@ -74,10 +74,10 @@ std::vector<Step> Registry::tap_steps(Endpoint& e, const EndpointConfig* before,
                        }
                      }
                      if (!provisioned) {
-                       return adopt_or_create_tap(netlink_, e, want, TapUse::kVpdQueue);
+                       return adopt_or_create_tap(netlink_, accounts_, e, want, TapUse::kVpdQueue);
                      }
                      dataplane_.detach(want.name);  // no data path: the VMM has the TAP
-                     return adopt_or_create_tap(netlink_, e, want, TapUse::kForVmm);
+                     return adopt_or_create_tap(netlink_, accounts_, e, want, TapUse::kForVmm);
                    }});
   steps.push_back({"vnet-header", false, [&e, &want, guest_decides]() -> Result<void> {
                      if (guest_decides() || e.vnet_hdr_len == want.vnet_hdr_len()) return {};
@@ -229,7 +229,7 @@ Result<void> Registry::sync_dataplane(Endpoint& e, const EndpointConfig* before,
   dataplane_.detach(c.name);
   Fd listener;
   if (!c.bind.empty()) {
-    auto ids = socket_ids(c);
+    auto ids = socket_ids(c, accounts_);
     if (!ids) return std::unexpected(ids.error());
     auto fd = listen_unix(c.bind, c.socket_mode, ids->second);
     if (!fd) {

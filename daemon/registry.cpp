@@ -97,7 +97,7 @@ Result<void> Registry::check_conflicts(const EndpointConfig& c, const Endpoint* 
       }
     }
   }
-  if (auto ids = socket_ids(c); !ids) return std::unexpected(ids.error());
+  if (auto ids = socket_ids(c, accounts_); !ids) return std::unexpected(ids.error());
   if (!c.bridge.empty()) {
     auto bridge = netlink_.find_link(c.bridge);
     if (!bridge) return std::unexpected(bridge.error());

@@ -12,6 +12,7 @@
 #include "control/grammar.hpp"
 #include "control/protocol.hpp"
 #include "control/state_file.hpp"
+#include "daemon/accounts.hpp"
 #include "daemon/dataplane.hpp"
 #include "daemon/endpoint.hpp"
 #include "daemon/events.hpp"
@@ -126,6 +127,7 @@ class Registry {
   uint64_t event_mark() const { return events_ ? events_->mark() : 0; }
 
   net::Netlink netlink_;
+  Accounts accounts_;
   Dataplane& dataplane_;
   EventQueue* events_;
   Paths paths_;

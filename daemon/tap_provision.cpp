@@ -1,8 +1,5 @@
 #include "daemon/tap_provision.hpp"
 
-#include <grp.h>
-#include <pwd.h>
-
 #include <algorithm>
 #include <charconv>
 #include <optional>
@@ -21,7 +18,8 @@ namespace {
 // transport=tap: what a TAP gets before vpd lets go of it (after TUNSETIFF, before the
 // mark). A mismatch of multiqueue is refused: QEMU asks for IFF_MULTI_QUEUE exactly when
 // queues>1, and the kernel refuses a mismatch.
-Result<void> prepare_for_vmm(net::Tap& tap, Endpoint& e, const EndpointConfig& c) {
+Result<void> prepare_for_vmm(net::Tap& tap, Accounts& accounts, Endpoint& e,
+                             const EndpointConfig& c) {
   const bool multi_queue = c.queues > 1;
   if (tap.multi_queue() != multi_queue) {
     return fail("conflicting-settings",
@@ -30,7 +28,7 @@ Result<void> prepare_for_vmm(net::Tap& tap, Endpoint& e, const EndpointConfig& c
                     " was created ", tap.multi_queue() ? "multiqueue" : "single-queue",
                     " (destroy and create it again, with the transport and queues wanted)"));
   }
-  auto ids = socket_ids(c);
+  auto ids = socket_ids(c, accounts);
   if (!ids) return std::unexpected(ids.error());
   // The kernel lets a process attach only when it matches both the owner and the group
   // that are set, so owner= alone must not bring in the default group (vpd).
@@ -51,7 +49,7 @@ bool is_vpd_tap(const net::LinkInfo& link) {
   return link.kind == "tun" && link.alias == kAliasMarker;
 }
 
-Result<std::pair<uid_t, gid_t>> socket_ids(const EndpointConfig& c) {
+Result<std::pair<uid_t, gid_t>> socket_ids(const EndpointConfig& c, Accounts& accounts) {
   uid_t uid = static_cast<uid_t>(-1);
   gid_t gid = static_cast<gid_t>(-1);
   auto number = [](const std::string& s) -> std::optional<uint32_t> {
@@ -63,8 +61,8 @@ Result<std::pair<uid_t, gid_t>> socket_ids(const EndpointConfig& c) {
   if (!c.owner.empty()) {
     if (auto n = number(c.owner)) {
       uid = *n;
-    } else if (const passwd* pw = ::getpwnam(c.owner.c_str())) {
-      uid = pw->pw_uid;
+    } else if (auto id = accounts.user(c.owner)) {
+      uid = *id;
     } else {
       return fail("bad-value", str("owner=", c.owner, " is not a user on this host"));
     }
@@ -72,19 +70,19 @@ Result<std::pair<uid_t, gid_t>> socket_ids(const EndpointConfig& c) {
   if (!c.group.empty()) {
     if (auto n = number(c.group)) {
       gid = *n;
-    } else if (const group* gr = ::getgrnam(c.group.c_str())) {
-      gid = gr->gr_gid;
+    } else if (auto id = accounts.group(c.group)) {
+      gid = *id;
     } else {
       return fail("bad-value", str("group=", c.group, " is not a group on this host"));
     }
-  } else if (const group* vpd = ::getgrnam("vpd")) {
-    gid = vpd->gr_gid;  // by default the vpd group may connect, like the control socket
+  } else if (auto vpd = accounts.group("vpd")) {
+    gid = *vpd;  // by default the vpd group may connect, like the control socket
   }
   return std::pair{uid, gid};
 }
 
-Result<void> adopt_or_create_tap(net::Netlink& netlink, Endpoint& e, const EndpointConfig& c,
-                                 TapUse use) {
+Result<void> adopt_or_create_tap(net::Netlink& netlink, Accounts& accounts, Endpoint& e,
+                                 const EndpointConfig& c, TapUse use) {
   const std::string& name = c.name;
   const bool for_vmm = use == TapUse::kForVmm;
   // No data path for a VMM's TAP. vpd's own queue (left by another transport) must go: on a
@@ -118,7 +116,7 @@ Result<void> adopt_or_create_tap(net::Netlink& netlink, Endpoint& e, const Endpo
     return std::unexpected(std::move(err));
   };
   if (for_vmm) {
-    if (auto ok = prepare_for_vmm(*tap, e, c); !ok) return undo(ok.error());
+    if (auto ok = prepare_for_vmm(*tap, accounts, e, c); !ok) return undo(ok.error());
   } else {
     if (auto ok = tap->set_persist(true); !ok) return undo(ok.error());
     // No guest yet: a bridge must not forward into this port.

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "control/endpoint.hpp"
+#include "daemon/accounts.hpp"
 #include "daemon/endpoint.hpp"
 #include "net/address.hpp"
 #include "net/link.hpp"
@@ -18,8 +19,10 @@ namespace vp::daemon {
 bool is_vpd_tap(const net::LinkInfo& link);
 
 /// The uid and gid a bind socket (or a transport=tap TAP) is handed to; -1 keeps root's.
-/// Fails (bad-value) when owner= or group= names no account on this host.
-Result<std::pair<uid_t, gid_t>> socket_ids(const control::EndpointConfig& config);
+/// Fails (bad-value) when owner= or group= names no account on this host. Names are looked
+/// up through `accounts`.
+Result<std::pair<uid_t, gid_t>> socket_ids(const control::EndpointConfig& config,
+                                           Accounts& accounts);
 
 /// Who reads the TAP's frames.
 enum class TapUse {
@@ -34,7 +37,7 @@ enum class TapUse {
 /// e.ifindex (and, for kVpdQueue, e.tap; nothing when e.tap is open already). Refuses
 /// (name-taken) an interface of that name that is not a vpd TAP. A TAP it created is made
 /// non-persistent again (so it goes) when a later part fails.
-Result<void> adopt_or_create_tap(net::Netlink& netlink, Endpoint& e,
+Result<void> adopt_or_create_tap(net::Netlink& netlink, Accounts& accounts, Endpoint& e,
                                  const control::EndpointConfig& config, TapUse use);
 
 /// Deletes the endpoint's TAP when it is a vpd TAP (found by ifindex or, when the endpoint
