@@ -1,6 +1,7 @@
 #include "ctl/metrics.hpp"
 
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <string>
 #include <string_view>
@@ -18,6 +19,8 @@ struct CounterRow {
   std::string_view counter;    // name in the counters object
   std::string_view family;     // metric name
   std::string_view direction;  // "from_guest", "to_guest" or "" (neither)
+  /// The counter is in microseconds and the family in seconds (Prometheus' base unit).
+  bool microseconds = false;
 };
 
 constexpr std::string_view kFromGuest = "from_guest";
@@ -43,6 +46,8 @@ constexpr CounterRow kCounters[] = {
     {"tx_dropped_ring_disabled", "vpd_dropped_ring_disabled_total", kFromGuest},
     {"tap_write_fails", "vpd_tap_write_fails_total", kFromGuest},
     {"tx_tap_full", "vpd_tap_full_total", kFromGuest},
+    {"tx_throttled", "vpd_throttled_total", kFromGuest},
+    {"tx_throttled_us", "vpd_throttled_seconds_total", kFromGuest, true},
     {"rx_dropped_too_big", "vpd_dropped_too_big_total", kToGuest},
     {"rx_dropped_runt", "vpd_dropped_runt_total", kToGuest},
     {"rx_dropped_offload", "vpd_dropped_offload_total", kToGuest},
@@ -93,6 +98,10 @@ constexpr Help kHelp[] = {
      "Guest TX chains on a ring the front-end disabled, given back unsent."},
     {"vpd_tap_write_fails_total", "Writes to the TAP that failed (the frame was dropped)."},
     {"vpd_tap_full_total", "Writes the TAP refused with EAGAIN (retried, not dropped)."},
+    {"vpd_throttled_total",
+     "Times the tx-rate= token bucket ran dry and vpd stopped taking guest frames (nothing "
+     "dropped)."},
+    {"vpd_throttled_seconds_total", "Time vpd waited for tx-rate= tokens with guest frames held."},
     {"vpd_dropped_too_big_total", "TAP frames larger than the buffers the guest offered."},
     {"vpd_dropped_runt_total", "TAP reads shorter than a virtio-net and Ethernet header."},
     {"vpd_dropped_offload_total",
@@ -287,7 +296,16 @@ std::string format_metrics(const json& endpoints) {
         if (row && !row->direction.empty()) {
           labels.emplace_back("direction", std::string(row->direction));
         }
-        x.add(family, "counter", help, labels, value.is_number() ? value.dump() : "0");
+        std::string sample = value.is_number() ? value.dump() : "0";
+        if (row && row->microseconds && value.is_number_unsigned()) {
+          const auto us = value.get<uint64_t>();
+          char buf[32];
+          std::snprintf(buf, sizeof buf, "%llu.%06llu",
+                        static_cast<unsigned long long>(us / 1'000'000),
+                        static_cast<unsigned long long>(us % 1'000'000));
+          sample = buf;
+        }
+        x.add(family, "counter", help, labels, sample);
       }
     }
   }

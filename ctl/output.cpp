@@ -220,6 +220,9 @@ std::string format_show(const json& e) {
       {"rx rate", text(e, "rx_rate", "").empty()
                       ? "unlimited"
                       : text(e, "rx_rate") + " host→guest (tbf qdisc on the TAP)"},
+      {"tx rate", text(e, "tx_rate", "").empty()
+                      ? "unlimited"
+                      : text(e, "tx_rate") + " guest→host (token bucket in vpd, back-pressure)"},
       {"guest", guest_words(e)},
       {"guest mac",
        text(e, "guest_mac") +

@@ -80,6 +80,12 @@ void Dataplane::set_priority(const std::string& name, int priority) {
   }
 }
 
+void Dataplane::set_tx_rate(const std::string& name, const control::Rate& rate) {
+  for (const auto& w : workers_) {
+    if (w->serves(name)) w->set_tx_rate(name, rate);
+  }
+}
+
 bool Dataplane::attached(const std::string& name) const {
   return std::ranges::any_of(workers_, [&](const auto& w) { return w->serves(name); });
 }

@@ -46,6 +46,8 @@ class Dataplane {
   /// priority=N of an attached endpoint: its worker thread runs SCHED_FIFO at the highest
   /// priority of its endpoints (0: normal scheduling).
   void set_priority(const std::string& name, int priority);
+  /// tx-rate= of an attached endpoint, applied beside its session (the guest stays).
+  void set_tx_rate(const std::string& name, const control::Rate& rate);
   /// True while a guest has negotiated features: the worker, not the control thread, then
   /// decides the TAP's offloads and header length.
   bool session_active(const std::string& name) const;

@@ -105,7 +105,16 @@ void Port::on_event(EventKind kind, uint16_t queue, uint32_t events) {
     case EventKind::kUring:
       on_uring(queue);
       break;
+    case EventKind::kTxRateTimer:
+      on_tx_rate_timer();
+      break;
   }
+  publish();
+}
+
+void Port::set_tx_rate(const control::Rate& rate) {
+  config_.tx_rate = rate;
+  apply_tx_rate();
   publish();
 }
 

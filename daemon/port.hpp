@@ -52,6 +52,8 @@ class Port {
   const std::string& name() const { return config_.name; }
   int priority() const { return config_.priority; }
   void set_priority(int priority) { config_.priority = priority; }
+  /// tx-rate= changed beside the session: the transport applies it from now on.
+  void set_tx_rate(const control::Rate& rate);
 
   /// The one dispatch point for this port's epoll events; publishes once afterwards (one
   /// virtual call per event, none per packet).
@@ -94,6 +96,10 @@ class Port {
   virtual void on_kick(uint16_t /*virtqueue*/) {}
   /// Queue pair `pair`'s transmit io_uring has completions to reap.
   virtual void on_uring(uint16_t /*pair*/) {}
+  /// tx-rate=: the refill timer expired.
+  virtual void on_tx_rate_timer() {}
+  /// config_.tx_rate changed.
+  virtual void apply_tx_rate() {}
   virtual void continue_pending() = 0;
   /// Fills the transport's fields of `v`; true if a guest negotiated features.
   virtual bool fill_view(SessionView& v) const = 0;

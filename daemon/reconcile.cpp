@@ -218,6 +218,7 @@ Result<void> Registry::sync_dataplane(Endpoint& e, const EndpointConfig* before,
   // A change the guest does not see (priority, bridge, addresses...) leaves the session be.
   if (before && dataplane_.attached(c.name) && !control::guest_sees_change(*before, c)) {
     if (before->priority != c.priority) dataplane_.set_priority(c.name, c.priority);
+    if (before->tx_rate != c.tx_rate) dataplane_.set_tx_rate(c.name, c.tx_rate);
     return {};
   }
   if (c.queues > 1 && !e.tap.multi_queue()) {

@@ -4,10 +4,12 @@
 #include <net/if.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <variant>
 
 #include "dataplane/net_header.hpp"
@@ -43,6 +45,12 @@ Result<void> set_tap_queue_attached(const net::Tap& tap, bool attached) {
   return {};
 }
 
+uint64_t monotonic_ns() noexcept {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(ts.tv_nsec);
+}
+
 }  // namespace
 
 VhostUserPort::VhostUserPort(Worker& worker, uint32_t id, control::EndpointConfig config,
@@ -62,6 +70,7 @@ VhostUserPort::VhostUserPort(Worker& worker, uint32_t id, control::EndpointConfi
   for (uint32_t p = 1; p < pairs(); ++p) pairs_[p].detach_due = true;
   detach_idle_tap_queues();
   build_config_space();
+  if (!config_.tx_rate.unset()) apply_tx_rate();
   open_frontend(std::move(listener));
 }
 
@@ -187,7 +196,7 @@ void VhostUserPort::on_queue_stopped(uint32_t index) {
     pair.rx_hold.len = 0;     // a frame for a ring that stopped: its guest may never take it
     pair.rx_hold.expect = 0;  // the next session learns its own frame sizes
   } else {
-    pair.tx_pending = pair.tx_blocked = false;
+    pair.tx_pending = pair.tx_blocked = pair.tx_throttled = false;
   }
   state_dirty_ = true;
   update_tap(p);
@@ -452,6 +461,12 @@ void VhostUserPort::run_tx(uint32_t p) {
   vhost::Vring& v = backend_->vring(2 * p + 1);
   pair.tx_pending = false;
   dataplane::TxUring* uring = pair.tx_discarding ? nullptr : pair.tx_uring.get();
+  // tx-rate=: refilled once per pass; a disabled ring discards without a limit.
+  dataplane::TxBucket* bucket = nullptr;
+  if (tx_bucket_.limited() && !pair.tx_discarding) {
+    tx_bucket_.refill(monotonic_ns());
+    bucket = &tx_bucket_;
+  }
   // A write the kernel parked completes later: watch the ring's fd until it has.
   struct WatchCompletions {
     Pair& pair;
@@ -469,10 +484,10 @@ void VhostUserPort::run_tx(uint32_t p) {
             result = dataplane::discard_tx(q, v.call.get(), session_, worker().scratch(), local_);
           } else if (uring) {
             result = dataplane::forward_tx_uring(q, *uring, pair.tap.fd(), v.call.get(), session_,
-                                                 worker().scratch(), local_);
+                                                 worker().scratch(), local_, bucket);
           } else {
             result = dataplane::forward_tx(q, pair.tap.fd(), v.call.get(), session_,
-                                           worker().scratch(), local_);
+                                           worker().scratch(), local_, bucket);
           }
           local_.dirty_pages_logged += q.counters().dirty_pages_logged - logged;
           return result;
@@ -483,6 +498,7 @@ void VhostUserPort::run_tx(uint32_t p) {
       pair.tx_blocked = true;
       update_tap(p);
     }
+    if (r.status == dataplane::ForwardStatus::kThrottled) throttle_tx(p);
     if (r.status == dataplane::ForwardStatus::kQueueStopped) state_dirty_ = true;
     return;
   }
@@ -516,6 +532,64 @@ void VhostUserPort::run_rx(uint32_t p) {
   }
   pair.rx_pending = true;
   mark_pending();
+}
+
+void VhostUserPort::apply_tx_rate() {
+  const control::Rate& rate = config_.tx_rate;
+  tx_bucket_.configure(rate.bits / 8, rate.packets, monotonic_ns());
+  if (tx_bucket_.limited() && !tx_timer_) {
+    tx_timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    if (!tx_timer_) {
+      // Without a timer a throttled ring would never resume: run without the limit.
+      log::error(name(), ": tx-rate=", control::rate_text(rate),
+                 " not applied: timerfd_create: ", std::strerror(errno));
+      tx_bucket_.configure(0, 0, 0);
+    } else {
+      tx_timer_interest_ = Interest(epoll(), tx_timer_.get(), tag(EventKind::kTxRateTimer));
+      tx_timer_interest_.set(EPOLLIN);
+    }
+  }
+  // A new bucket starts full (or there is none): whatever it held back may go now.
+  if (tx_timer_armed_) {
+    const itimerspec off{};
+    ::timerfd_settime(tx_timer_.get(), 0, &off, nullptr);
+    tx_timer_armed_ = false;
+    local_.tx_throttled_us += (monotonic_ns() - throttled_since_ns_) / 1000;
+  }
+  resume_throttled_tx();
+}
+
+void VhostUserPort::throttle_tx(uint32_t p) {
+  Pair& pair = pairs_[p];
+  if (!pair.tx_throttled) {
+    pair.tx_throttled = true;
+    ++local_.tx_throttled;
+  }
+  if (tx_timer_armed_) return;
+  const uint64_t wait = tx_bucket_.refill_wait_ns();
+  itimerspec t{};
+  t.it_value.tv_sec = static_cast<time_t>(wait / 1'000'000'000u);
+  t.it_value.tv_nsec = static_cast<long>(wait % 1'000'000'000u);
+  ::timerfd_settime(tx_timer_.get(), 0, &t, nullptr);
+  tx_timer_armed_ = true;
+  throttled_since_ns_ = monotonic_ns();
+}
+
+void VhostUserPort::on_tx_rate_timer() {
+  uint64_t expirations = 0;
+  (void)!::read(tx_timer_.get(), &expirations, sizeof expirations);
+  if (!tx_timer_armed_) return;  // disarmed by a new tx-rate= after it fired
+  tx_timer_armed_ = false;
+  local_.tx_throttled_us += (monotonic_ns() - throttled_since_ns_) / 1000;
+  resume_throttled_tx();
+}
+
+void VhostUserPort::resume_throttled_tx() {
+  for (uint32_t p = 0; p < pairs(); ++p) {
+    if (!pairs_[p].tx_throttled) continue;
+    pairs_[p].tx_throttled = false;
+    if (backend_) run_tx(p);
+  }
 }
 
 }  // namespace vp::daemon

@@ -48,16 +48,17 @@ class VhostUserPort final : public Port, public vhost::Device {
   /// One queue pair and its TAP queue. Worker thread only.
   struct Pair {
     net::Tap tap;
-    Interest tap_interest;    // EPOLLIN / EPOLLOUT of the TAP queue
-    Interest rx_kick;         // receiveq p's kick eventfd, while the ring runs
-    Interest tx_kick;         // transmitq p's, while it runs or discards
-    bool rx_running = false;  // receiveq p (device → driver) is started
-    bool tx_running = false;  // transmitq p (driver → device) is started
-    bool attached = true;     // the TAP queue takes part in the kernel's queue selection
-    bool detach_due = false;  // no ring runs: detach once the current batch of messages is done
-    bool tx_blocked = false;  // the TAP queue said EAGAIN: waiting for EPOLLOUT
-    bool rx_paused = false;   // the guest had no RX buffer: waiting for its kick
-    bool tx_pending = false;  // budget used up: continue_work() carries on
+    Interest tap_interest;      // EPOLLIN / EPOLLOUT of the TAP queue
+    Interest rx_kick;           // receiveq p's kick eventfd, while the ring runs
+    Interest tx_kick;           // transmitq p's, while it runs or discards
+    bool rx_running = false;    // receiveq p (device → driver) is started
+    bool tx_running = false;    // transmitq p (driver → device) is started
+    bool attached = true;       // the TAP queue takes part in the kernel's queue selection
+    bool detach_due = false;    // no ring runs: detach once the current batch of messages is done
+    bool tx_blocked = false;    // the TAP queue said EAGAIN: waiting for EPOLLOUT
+    bool rx_paused = false;     // the guest had no RX buffer: waiting for its kick
+    bool tx_pending = false;    // budget used up: continue_work() carries on
+    bool tx_throttled = false;  // tx-rate= bucket empty: the refill timer carries on
     bool rx_pending = false;
 
     // transmitq p is started but disabled (SET_VRING_ENABLE 0): its chains are discarded.
@@ -86,6 +87,8 @@ class VhostUserPort final : public Port, public vhost::Device {
   void on_uring(uint16_t pair) override;
   void continue_pending() override;
   bool fill_view(SessionView& v) const override;
+  void on_tx_rate_timer() override;
+  void apply_tx_rate() override;
 
   void build_config_space();
   /// Watches `index`'s kick eventfd (the ring started).
@@ -99,6 +102,10 @@ class VhostUserPort final : public Port, public vhost::Device {
   /// before transmitq p stops, nothing may read guest memory or write its used ring later.
   void drain_tx_uring(uint32_t p);
   void run_rx(uint32_t p);
+  /// tx-rate=: pair p found the bucket empty; the timer wakes it when tokens are back.
+  void throttle_tx(uint32_t p);
+  /// Runs transmit again on every pair the bucket held back.
+  void resume_throttled_tx();
 
   net::Mac guest_mac_;
   std::vector<Pair> pairs_;
@@ -110,6 +117,13 @@ class VhostUserPort final : public Port, public vhost::Device {
   unsigned tun_offloads_ = 0;
   bool carrier_ = false;
   bool io_uring_ = false;  // the worker's choice: transmit queues try io_uring
+  // tx-rate=: one bucket for the endpoint, shared by its pairs (all on this worker), and its
+  // refill timer (a timerfd, made when a limit is first set).
+  dataplane::TxBucket tx_bucket_;
+  Fd tx_timer_;
+  Interest tx_timer_interest_;
+  bool tx_timer_armed_ = false;
+  uint64_t throttled_since_ns_ = 0;  // when the timer was armed
 };
 
 }  // namespace vp::daemon

@@ -151,6 +151,12 @@ void Worker::set_priority(const std::string& name, int priority) {
   });
 }
 
+void Worker::set_tx_rate(const std::string& name, const control::Rate& rate) {
+  call([this, &name, &rate] {
+    if (auto it = ports_.find(name); it != ports_.end()) it->second->set_tx_rate(rate);
+  });
+}
+
 std::shared_ptr<PortStatus> Worker::status_of(const std::string& name) const {
   std::lock_guard lock(status_mutex_);
   auto it = status_.find(name);

@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "control/endpoint.hpp"
 #include "dataplane/forward.hpp"
 #include "sys/fd.hpp"
 
@@ -34,6 +35,7 @@ enum class EventKind : uint8_t {
   kKick,          ///< a virtqueue's kick eventfd; the tag's queue is the virtqueue
   kRedial,        ///< the peer= redial timer expired
   kUring,         ///< a transmit queue's io_uring has completions; the tag's queue is the pair
+  kTxRateTimer,   ///< tx-rate=: the token bucket's refill timer expired (transmit may go on)
 };
 
 /// One epoll tag: port id (high 32 bits), kind (bits 16-23) and queue index (low 16 bits).
@@ -118,6 +120,8 @@ class Worker {
   /// Stops serving `name` and waits until the worker let go of every fd of it.
   void detach(const std::string& name);
   void set_priority(const std::string& name, int priority);
+  /// tx-rate= of a served endpoint, changed beside its running session.
+  void set_tx_rate(const std::string& name, const control::Rate& rate);
   /// What `name` publishes (null when this worker does not serve it).
   std::shared_ptr<PortStatus> status_of(const std::string& name) const;
   bool serves(const std::string& name) const { return status_of(name) != nullptr; }

@@ -44,13 +44,33 @@ std::string peerfeats_text(std::optional<uint64_t> peerfeats) {
   return buf;
 }
 
-Result<uint64_t> parse_rate(std::string_view key, std::string_view text) {
-  auto bad = [&](std::string_view why) -> Result<uint64_t> {
-    return fail("bad-value", str(key, "=", text, " ", why,
-                                 "; write a whole number and a unit: bit, kbit, mbit, gbit "
-                                 "(bits per second) or bps, kbps, mbps, gbps (bytes per "
-                                 "second), e.g. ",
-                                 key, "=100mbit"));
+namespace {
+
+struct RateUnit {
+  std::string_view name;
+  uint64_t scale;
+  bool packets;
+};
+
+constexpr RateUnit kRateUnits[] = {
+    {"bit", 1, false},          {"kbit", 1'000, false},
+    {"mbit", 1'000'000, false}, {"gbit", 1'000'000'000, false},
+    {"bps", 8, false},          {"kbps", 8'000, false},
+    {"mbps", 8'000'000, false}, {"gbps", 8'000'000'000, false},
+    {"pps", 1, true},           {"kpps", 1'000, true},
+    {"mpps", 1'000'000, true},
+};
+
+// The one rate parser: a whole number and a unit, checked against the range of its kind.
+Result<Rate> parse_any_rate(std::string_view key, std::string_view text, bool packets_allowed) {
+  auto bad = [&](std::string_view why) -> Result<Rate> {
+    return fail("bad-value",
+                str(key, "=", text, " ", why,
+                    "; write a whole number and a unit: bit, kbit, mbit, gbit (bits per "
+                    "second) or bps, kbps, mbps, gbps (bytes per second)",
+                    packets_allowed ? " or pps, kpps, mpps (packets per second)" : "", ", e.g. ",
+                    key, packets_allowed ? "=100mbit or " : "=100mbit",
+                    packets_allowed ? str(key, "=20kpps") : ""));
   };
   size_t digits = 0;
   while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
@@ -58,25 +78,40 @@ Result<uint64_t> parse_rate(std::string_view key, std::string_view text) {
   if (digits > 12) return bad("is too large");
   uint64_t n = 0;
   for (size_t i = 0; i < digits; ++i) n = n * 10 + static_cast<uint64_t>(text[i] - '0');
-  struct Unit {
-    std::string_view name;
-    uint64_t bits;
-  };
-  static constexpr Unit kUnits[] = {
-      {"bit", 1}, {"kbit", 1'000}, {"mbit", 1'000'000}, {"gbit", 1'000'000'000},
-      {"bps", 8}, {"kbps", 8'000}, {"mbps", 8'000'000}, {"gbps", 8'000'000'000},
-  };
   const std::string_view unit = text.substr(digits);
-  for (const Unit& u : kUnits) {
+  for (const RateUnit& u : kRateUnits) {
     if (unit != u.name) continue;
-    const uint64_t bits = n * u.bits;
-    if (bits < kMinRateBits || bits > kMaxRateBits) {
-      return fail("bad-value", str(key, "=", text, " is outside ", rate_text(kMinRateBits), "-",
-                                   rate_text(kMaxRateBits)));
+    if (u.packets && !packets_allowed) {
+      return fail("bad-value",
+                  str(key, "=", text,
+                      ": the host→guest limit is a tbf qdisc on the TAP, which counts bytes, "
+                      "not packets; write a bit rate (e.g. ",
+                      key, "=100mbit), or limit packets guest→host with tx-rate=", text));
     }
-    return bits;
+    const uint64_t min = u.packets ? kMinRatePackets : kMinRateBits;
+    const uint64_t max = u.packets ? kMaxRatePackets : kMaxRateBits;
+    // n * scale may not fit in 64 bits: compare before multiplying.
+    if (n > max / u.scale || n * u.scale < min) {
+      return fail("bad-value",
+                  str(key, "=", text, " is outside ",
+                      u.packets ? rate_text(Rate{.packets = min}) : rate_text(min), "-",
+                      u.packets ? rate_text(Rate{.packets = max}) : rate_text(max)));
+    }
+    return u.packets ? Rate{.packets = n * u.scale} : Rate{.bits = n * u.scale};
   }
   return bad(unit.empty() ? "has no unit" : "has an unknown unit");
+}
+
+}  // namespace
+
+Result<uint64_t> parse_rate(std::string_view key, std::string_view text) {
+  auto r = parse_any_rate(key, text, false);
+  if (!r) return std::unexpected(r.error());
+  return r->bits;
+}
+
+Result<Rate> parse_tx_rate(std::string_view key, std::string_view text) {
+  return parse_any_rate(key, text, true);
 }
 
 std::string rate_text(uint64_t bits) {
@@ -85,6 +120,15 @@ std::string rate_text(uint64_t bits) {
     if (bits >= scale && bits % scale == 0) return str(bits / scale, unit);
   }
   return str(bits, "bit");
+}
+
+std::string rate_text(const Rate& rate) {
+  if (rate.bits != 0) return rate_text(rate.bits);
+  if (rate.packets == 0) return "";
+  for (auto [unit, scale] : {std::pair{"mpps", 1'000'000ull}, std::pair{"kpps", 1'000ull}}) {
+    if (rate.packets >= scale && rate.packets % scale == 0) return str(rate.packets / scale, unit);
+  }
+  return str(rate.packets, "pps");
 }
 
 net::Mac guest_mac_of(const EndpointConfig& c, std::string_view machine_id) {
@@ -144,6 +188,25 @@ Result<void> validate(const EndpointConfig& c) {
   if (c.rx_rate != 0 && (c.rx_rate < kMinRateBits || c.rx_rate > kMaxRateBits)) {
     return fail("bad-value", str(c.name, ": rx-rate ", c.rx_rate, " bit/s is outside ",
                                  rate_text(kMinRateBits), "-", rate_text(kMaxRateBits)));
+  }
+  if (c.tx_rate.bits != 0 && (c.tx_rate.bits < kMinRateBits || c.tx_rate.bits > kMaxRateBits)) {
+    return fail("bad-value", str(c.name, ": tx-rate ", c.tx_rate.bits, " bit/s is outside ",
+                                 rate_text(kMinRateBits), "-", rate_text(kMaxRateBits)));
+  }
+  if (c.tx_rate.packets != 0 &&
+      (c.tx_rate.packets < kMinRatePackets || c.tx_rate.packets > kMaxRatePackets)) {
+    return fail("bad-value", str(c.name, ": tx-rate ", c.tx_rate.packets, " packets/s is outside ",
+                                 kMinRatePackets, "-", kMaxRatePackets));
+  }
+  if (!c.tx_rate.unset() && c.transport != Transport::kVhostUser) {
+    return fail("conflicting-settings",
+                str(c.name, ": tx-rate= is a token bucket in vpd's vhost-user transmit path, and ",
+                    c.transport == Transport::kTap
+                        ? "with transport=tap the VMM writes to the TAP itself, so vpd cannot "
+                          "hold the guest back"
+                        : "a stream endpoint's frames do not pass through it",
+                    "; drop tx-rate= (rx-rate= still limits host→guest) or use "
+                    "transport=vhost-user"));
   }
   if (c.transport == Transport::kTap && (c.lock_mac || !c.allow.empty())) {
     return fail("conflicting-settings",

@@ -29,6 +29,18 @@ inline constexpr uint32_t kDefaultSocketMode = 0660;
 /// libnl sets it).
 inline constexpr uint64_t kMinRateBits = 8'000;
 inline constexpr uint64_t kMaxRateBits = 16'000'000'000;
+/// Packet-rate limits (tx-rate=…pps): 1 to 100 Mpps.
+inline constexpr uint64_t kMinRatePackets = 1;
+inline constexpr uint64_t kMaxRatePackets = 100'000'000;
+
+/// A limit as tx-rate= takes it: bits per second or packets per second, one of the two
+/// (both 0: no limit).
+struct Rate {
+  uint64_t bits = 0;     // bits per second of Ethernet frame bytes; 0 = no byte limit
+  uint64_t packets = 0;  // frames per second; 0 = no packet limit
+  bool unset() const { return bits == 0 && packets == 0; }
+  bool operator==(const Rate&) const = default;
+};
 
 /// Everything the operator declared about one endpoint. This is what the state file
 /// saves and what vpd makes the kernel match.
@@ -62,6 +74,9 @@ struct EndpointConfig {
   bool lock_mac = false;
   /// rx-rate=: the host→guest limit, a tbf qdisc on the TAP, in bits per second; 0 = none.
   uint64_t rx_rate = 0;
+  /// tx-rate=: the guest→host limit, a token bucket in vpd's data path (vhost-user only):
+  /// while it is empty vpd takes no chain from the transmit ring (back-pressure, no drops).
+  Rate tx_rate;
 
   bool operator==(const EndpointConfig&) const = default;
 
@@ -84,6 +99,11 @@ net::Mac guest_mac_of(const EndpointConfig& config, std::string_view machine_id)
 Result<uint64_t> parse_rate(std::string_view key, std::string_view text);
 /// Bits per second in the largest unit that divides them: "100mbit", "1500kbit".
 std::string rate_text(uint64_t bits);
+/// tx-rate=: a bit rate as parse_rate() takes it, or a packet rate: a whole number and pps,
+/// kpps or mpps (decimal multiples), e.g. "20kpps".
+Result<Rate> parse_tx_rate(std::string_view key, std::string_view text);
+/// "100mbit", "20kpps"; "" when unset.
+std::string rate_text(const Rate& rate);
 
 /// True when a peer with `uid` and `gid` may connect under the allow= list (an empty list
 /// allows everyone).

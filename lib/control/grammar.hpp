@@ -45,6 +45,7 @@ struct Change {
   std::optional<net::Mac> guest_mac;  // with guest_mac_given: nullopt = back to the derived one
   std::optional<bool> lock_mac;
   std::optional<uint64_t> rx_rate;    // bits per second; 0 clears
+  std::optional<Rate> tx_rate;        // unset() clears
   std::optional<std::string> bridge;  // "" leaves the bridge
   std::vector<net::IfAddress> add_addresses;
   std::vector<net::IfAddress> del_addresses;

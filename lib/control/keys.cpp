@@ -319,6 +319,53 @@ const std::array kKeys{
         .get = [](const EndpointConfig& e) { return json(e.rx_rate ? rate_text(e.rx_rate) : ""); },
     },
     KeyRow{
+        .name = "tx-rate",
+        .value = "RATE",
+        .example = "tx-rate=20kpps",
+        .clearable = true,
+        .parse = [](Change& c, std::string_view v) -> Result<void> {
+          auto rate = parse_tx_rate("tx-rate", v);
+          if (!rate) return std::unexpected(rate.error());
+          c.tx_rate = *rate;
+          return {};
+        },
+        .clear = [](Change& c) { c.tx_rate = Rate{}; },
+        .apply =
+            [](EndpointConfig& e, const Change& c) {
+              if (c.tx_rate) e.tx_rate = *c.tx_rate;
+            },
+        .json_field = "tx_rate",
+        .json_kind = JsonKind::kText,
+        .get = [](const EndpointConfig& e) { return json(rate_text(e.tx_rate)); },
+    },
+    KeyRow{
+        // Both directions at once; the rows above keep, show and save what it sets.
+        .name = "rate",
+        .value = "RATE",
+        .example = "rate=100mbit",
+        .clearable = true,
+        .shorthand = true,
+        .parse = [](Change& c, std::string_view v) -> Result<void> {
+          auto bits = parse_tx_rate("rate", v);
+          if (!bits) return std::unexpected(bits.error());
+          if (bits->packets != 0) {
+            return fail("bad-value",
+                        str("rate=", v,
+                            " sets both directions, and the host→guest limit (a tbf qdisc) "
+                            "counts bytes, not packets; write a bit rate, or tx-rate=",
+                            v, " for the guest→host direction alone"));
+          }
+          c.rx_rate = bits->bits;
+          c.tx_rate = *bits;
+          return {};
+        },
+        .clear =
+            [](Change& c) {
+              c.rx_rate = 0;
+              c.tx_rate = Rate{};
+            },
+    },
+    KeyRow{
         .name = "bridge",
         .value = "BR",
         .example = "bridge=br0",

@@ -35,6 +35,9 @@ struct KeyRow {
   bool clearable = false;         // -key puts it back to its default
   bool repeatable = false;        // each mention adds one (address=, allow=)
   bool create_only = false;       // name=: picks a name at create; no setting of the endpoint
+  /// rate=: sets other keys' fields (rx-rate and tx-rate); nothing of its own is kept, shown
+  /// or saved.
+  bool shorthand = false;
   /// A change of it is seen by the guest, so the data plane re-attaches (the guest
   /// reconnects); otherwise it is applied beside a running session.
   bool guest_sees = false;

@@ -24,6 +24,7 @@
 
 #include "dataplane/net_counters.hpp"
 #include "dataplane/net_header.hpp"
+#include "dataplane/tx_bucket.hpp"
 #include "virtio/queue.hpp"
 
 namespace vp::dataplane {
@@ -118,13 +119,15 @@ class RxHold {
 
 /// Why a forward call returned; what the worker should wait for next.
 enum class ForwardStatus : uint8_t {
-  kIdle,         ///< TX: ring empty, kicks enabled. RX: TAP empty (wait for EPOLLIN)
-  kBudget,       ///< did `budget` units of work and more may be waiting: call again soon
-  kTapFull,      ///< TX: the TAP said EAGAIN; the chain was rewound. Wait for EPOLLOUT
-  kNoBuffers,    ///< RX: a frame waits in the TAP and the ring is empty; kicks enabled.
-                 ///< Stop polling the TAP for EPOLLIN until the RX kick
-  kTapError,     ///< RX: readv failed (not EAGAIN); see tap_read_fails
-  kQueueStopped  ///< the queue is not ready (unconfigured or broken: see broken_reason())
+  kIdle,          ///< TX: ring empty, kicks enabled. RX: TAP empty (wait for EPOLLIN)
+  kBudget,        ///< did `budget` units of work and more may be waiting: call again soon
+  kTapFull,       ///< TX: the TAP said EAGAIN; the chain was rewound. Wait for EPOLLOUT
+  kNoBuffers,     ///< RX: a frame waits in the TAP and the ring is empty; kicks enabled.
+                  ///< Stop polling the TAP for EPOLLIN until the RX kick
+  kTapError,      ///< RX: readv failed (not EAGAIN); see tap_read_fails
+  kQueueStopped,  ///< the queue is not ready (unconfigured or broken: see broken_reason())
+  kThrottled      ///< TX: the tx-rate bucket is empty; chains wait in the ring. Refill, then
+                  ///< call again (kicks stay disabled meanwhile)
 };
 
 constexpr const char* describe(ForwardStatus s) noexcept {
@@ -141,6 +144,8 @@ constexpr const char* describe(ForwardStatus s) noexcept {
       return "tap-error";
     case ForwardStatus::kQueueStopped:
       return "queue-stopped";
+    case ForwardStatus::kThrottled:
+      return "throttled";
   }
   return "unknown";
 }
@@ -158,9 +163,11 @@ struct ForwardResult {
 /// cannot change it after the check. Every chain is given back with used length 0; failures
 /// are dropped and counted. EAGAIN rewinds the chain and returns kTapFull. Used entries are
 /// published once; `call_fd` (an eventfd; -1 for none) is signalled once if the driver wants it.
+/// With a `bucket` (tx-rate=), no chain is popped while it is empty (kThrottled) and every frame
+/// sent spends from it; null: no limit, and the only cost is one test of the pointer per chain.
 template <virtio::Virtqueue Q>
 ForwardResult forward_tx(Q& q, int tap_fd, int call_fd, const NetSession& s, NetScratch& scratch,
-                         NetCounters& c) noexcept;
+                         NetCounters& c, TxBucket* bucket = nullptr) noexcept;
 
 /// A transmit ring that is started but disabled (vhost-user SET_VRING_ENABLE 0): pops up to
 /// s.budget chains and gives each back with length 0, counted in tx_dropped_ring_disabled;

@@ -55,7 +55,7 @@ TxOutcome send_one(const virtio::Chain& chain, int tap_fd, const NetSession& s,
 /// (kBudget) or `handle` says stop; `handle(chain)` returns the outcome of one chain.
 template <virtio::Virtqueue Q, class Handle>
 ForwardResult drain_tx(Q& q, int call_fd, const NetSession& s, NetScratch& scratch, NetCounters& c,
-                       Handle handle) noexcept {
+                       TxBucket* bucket, Handle handle) noexcept {
   ForwardResult r;
   if (!q.ready()) {
     r.status = ForwardStatus::kQueueStopped;
@@ -73,6 +73,11 @@ ForwardResult drain_tx(Q& q, int call_fd, const NetSession& s, NetScratch& scrat
   uint32_t rechecks = 0;
   r.status = ForwardStatus::kBudget;
   while (r.chains < budget) {
+    // tx-rate=: the chain stays in the ring (back-pressure), never dropped.
+    if (bucket && bucket->empty()) {
+      r.status = ForwardStatus::kThrottled;
+      break;
+    }
     std::optional<virtio::Chain> chain = q.pop(chain_iov);
     if (!chain) {
       if (detail::look_again(q, budget, rechecks, r.status)) continue;
@@ -185,9 +190,17 @@ TxOutcome write_tx_frame(const TxFrame& frame, int tap_fd, std::span<std::byte> 
 
 template <virtio::Virtqueue Q>
 ForwardResult forward_tx(Q& q, int tap_fd, int call_fd, const NetSession& s, NetScratch& scratch,
-                         NetCounters& c) noexcept {
-  return drain_tx(q, call_fd, s, scratch, c, [&](const virtio::Chain& chain) noexcept {
-    return send_one(chain, tap_fd, s, scratch.tx_header(), c);
+                         NetCounters& c, TxBucket* bucket) noexcept {
+  if (!bucket) {
+    return drain_tx(q, call_fd, s, scratch, c, nullptr, [&](const virtio::Chain& chain) noexcept {
+      return send_one(chain, tap_fd, s, scratch.tx_header(), c);
+    });
+  }
+  return drain_tx(q, call_fd, s, scratch, c, bucket, [&](const virtio::Chain& chain) noexcept {
+    const uint64_t bytes = c.tx_bytes;
+    const TxOutcome outcome = send_one(chain, tap_fd, s, scratch.tx_header(), c);
+    if (outcome == TxOutcome::kSent) bucket->spend(static_cast<uint32_t>(c.tx_bytes - bytes));
+    return outcome;
   });
 }
 
@@ -196,7 +209,7 @@ ForwardResult discard_tx(Q& q, int call_fd, const NetSession& s, NetScratch& scr
                          NetCounters& c) noexcept {
   // SPEC: vhost-user.rst "Ring states": on a disabled ring a net device must process and
   // discard TX.
-  return drain_tx(q, call_fd, s, scratch, c, [&](const virtio::Chain&) noexcept {
+  return drain_tx(q, call_fd, s, scratch, c, nullptr, [&](const virtio::Chain&) noexcept {
     ++c.tx_dropped_ring_disabled;
     return TxOutcome::kDropped;
   });
@@ -207,10 +220,10 @@ template ForwardResult discard_tx<virtio::SplitQueue>(virtio::SplitQueue&, int, 
 template ForwardResult discard_tx<virtio::PackedQueue>(virtio::PackedQueue&, int, const NetSession&,
                                                        NetScratch&, NetCounters&) noexcept;
 template ForwardResult forward_tx<virtio::SplitQueue>(virtio::SplitQueue&, int, int,
-                                                      const NetSession&, NetScratch&,
-                                                      NetCounters&) noexcept;
+                                                      const NetSession&, NetScratch&, NetCounters&,
+                                                      TxBucket*) noexcept;
 template ForwardResult forward_tx<virtio::PackedQueue>(virtio::PackedQueue&, int, int,
-                                                       const NetSession&, NetScratch&,
-                                                       NetCounters&) noexcept;
+                                                       const NetSession&, NetScratch&, NetCounters&,
+                                                       TxBucket*) noexcept;
 
 }  // namespace vp::dataplane

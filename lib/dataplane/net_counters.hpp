@@ -32,6 +32,10 @@ struct NetCounters {
   /// TX chains on a ring the front-end disabled (SET_VRING_ENABLE 0): given back unsent, as
   /// the vhost-user spec asks of a net device.
   uint64_t tx_dropped_ring_disabled = 0;
+  /// tx-rate=: times the token bucket ran dry and vpd stopped taking chains from the guest
+  /// (back-pressure: nothing dropped), and the microseconds it waited for tokens.
+  uint64_t tx_throttled = 0;
+  uint64_t tx_throttled_us = 0;
 
   // TAP → guest.
   uint64_t rx_packets = 0;  ///< frames delivered into guest buffers
@@ -101,6 +105,8 @@ inline constexpr NetCounterField kNetCounterFields[] = {
     {"tap_write_fails", &NetCounters::tap_write_fails},
     {"tx_tap_full", &NetCounters::tx_tap_full},
     {"tx_dropped_ring_disabled", &NetCounters::tx_dropped_ring_disabled},
+    {"tx_throttled", &NetCounters::tx_throttled},
+    {"tx_throttled_us", &NetCounters::tx_throttled_us},
     {"rx_packets", &NetCounters::rx_packets},
     {"rx_bytes", &NetCounters::rx_bytes},
     {"rx_dropped_too_big", &NetCounters::rx_dropped_too_big},

@@ -210,7 +210,7 @@ struct TxUringPass {
 
 template <virtio::Virtqueue Q>
 ForwardResult forward_tx_uring(Q& q, TxUring& t, int tap_fd, int call_fd, const NetSession& s,
-                               NetScratch& scratch, NetCounters& c) noexcept {
+                               NetScratch& scratch, NetCounters& c, TxBucket* bucket) noexcept {
   using Slot = TxUring::Slot;
   ForwardResult r;
   const uint64_t used_before = q.counters().used_returned;
@@ -241,6 +241,7 @@ ForwardResult forward_tx_uring(Q& q, TxUring& t, int tap_fd, int call_fd, const 
 
   uint32_t popped = 0;
   uint32_t rechecks = 0;
+  bool throttled = false;
   r.status = ForwardStatus::kBudget;
   while (popped < budget) {
     if (t.free_count_ == 0) {
@@ -255,6 +256,11 @@ ForwardResult forward_tx_uring(Q& q, TxUring& t, int tap_fd, int call_fd, const 
         r.status = ForwardStatus::kIdle;
         break;
       }
+    }
+    // tx-rate=: the chain stays in the ring (back-pressure), never dropped.
+    if (bucket && bucket->empty()) {
+      throttled = true;
+      break;
     }
     std::optional<virtio::Chain> chain = q.pop(chain_iov);
     if (!chain) {
@@ -286,7 +292,10 @@ ForwardResult forward_tx_uring(Q& q, TxUring& t, int tap_fd, int call_fd, const 
         break;
       }
       pass.hold(chain->head);
-      if (outcome == detail::TxOutcome::kSent) ++r.frames;
+      if (outcome == detail::TxOutcome::kSent) {
+        ++r.frames;
+        if (bucket) bucket->spend(frame.frame_len);
+      }
       continue;
     }
     const uint16_t index = pass.hold(chain->head);
@@ -297,6 +306,9 @@ ForwardResult forward_tx_uring(Q& q, TxUring& t, int tap_fd, int call_fd, const 
     std::copy(frame.data, frame.end, slot.iov + 1);
     slot.iov_count = elements + 1;
     pass.prepare(index);
+    // Spent when submitted: a write refused for room is sent again later without a new
+    // charge; one the TAP refuses outright still spent its share.
+    if (bucket) bucket->spend(frame.frame_len);
   }
   pass.submit();
   pass.reap();
@@ -308,6 +320,8 @@ ForwardResult forward_tx_uring(Q& q, TxUring& t, int tap_fd, int call_fd, const 
     // The kernel took only part of the batch (out of memory): no completion will wake the
     // worker for the rest, so ask to be called again soon.
     r.status = ForwardStatus::kBudget;
+  } else if (throttled) {
+    r.status = ForwardStatus::kThrottled;
   }
   detail::publish_and_notify(q, call_fd, used_before, c);
   return r;
@@ -354,10 +368,10 @@ void drain_tx_uring(Q& q, TxUring& t, int call_fd, NetCounters& c) noexcept {
 
 template ForwardResult forward_tx_uring<virtio::SplitQueue>(virtio::SplitQueue&, TxUring&, int, int,
                                                             const NetSession&, NetScratch&,
-                                                            NetCounters&) noexcept;
+                                                            NetCounters&, TxBucket*) noexcept;
 template ForwardResult forward_tx_uring<virtio::PackedQueue>(virtio::PackedQueue&, TxUring&, int,
                                                              int, const NetSession&, NetScratch&,
-                                                             NetCounters&) noexcept;
+                                                             NetCounters&, TxBucket*) noexcept;
 template void drain_tx_uring<virtio::SplitQueue>(virtio::SplitQueue&, TxUring&, int,
                                                  NetCounters&) noexcept;
 template void drain_tx_uring<virtio::PackedQueue>(virtio::PackedQueue&, TxUring&, int,

@@ -27,6 +27,25 @@ struct io_uring;
 
 namespace vp::dataplane {
 
+class TxUring;
+
+/// Guest → TAP (virtqueue 2i+1) through `ring`, whose fixed file is `tap_fd`: reaps the
+/// completions that arrived since the last call, writes again the frames a full TAP refused,
+/// then pops up to s.budget chains (fewer if the slots run out), checks each as forward_tx()
+/// does and submits one write per frame with one io_uring_enter. A chain goes back with used
+/// length 0 when its write completed (sent: tx_packets; anything but the whole frame:
+/// tap_write_fails) or at once when it was dropped. A write refused with EAGAIN keeps its
+/// chain and returns kTapFull (tx_tap_full once per call): wait for EPOLLOUT and call again.
+/// Statuses as forward_tx(); `frames`/`chains` count completions reaped in this call. Used
+/// entries are published once and `call_fd` is signalled at most once.
+/// With a `bucket` (tx-rate=), as forward_tx(): no chain is popped while it is empty
+/// (kThrottled unless the TAP is full) and each frame submitted spends from it. Writes already
+/// in flight complete as usual and their chains go back when a later call reaps them.
+template <virtio::Virtqueue Q>
+ForwardResult forward_tx_uring(Q& q, TxUring& ring, int tap_fd, int call_fd, const NetSession& s,
+                               NetScratch& scratch, NetCounters& c,
+                               TxBucket* bucket = nullptr) noexcept;
+
 class TxUring {
  public:
   /// Writes in flight at most: one default budget (NetSession::budget) per submission.
@@ -66,8 +85,8 @@ class TxUring {
 
   template <virtio::Virtqueue Q>
   friend ForwardResult forward_tx_uring(Q& q, TxUring& ring, int tap_fd, int call_fd,
-                                        const NetSession& s, NetScratch& scratch,
-                                        NetCounters& c) noexcept;
+                                        const NetSession& s, NetScratch& scratch, NetCounters& c,
+                                        TxBucket* bucket) noexcept;
   template <virtio::Virtqueue Q>
   friend void drain_tx_uring(Q& q, TxUring& ring, int call_fd, NetCounters& c) noexcept;
   template <virtio::Virtqueue Q>
@@ -89,19 +108,6 @@ class TxUring {
   // until it drains, and the completion arrives through fd().
   bool nowait_ = true;
 };
-
-/// Guest → TAP (virtqueue 2i+1) through `ring`, whose fixed file is `tap_fd`: reaps the
-/// completions that arrived since the last call, writes again the frames a full TAP refused,
-/// then pops up to s.budget chains (fewer if the slots run out), checks each as forward_tx()
-/// does and submits one write per frame with one io_uring_enter. A chain goes back with used
-/// length 0 when its write completed (sent: tx_packets; anything but the whole frame:
-/// tap_write_fails) or at once when it was dropped. A write refused with EAGAIN keeps its
-/// chain and returns kTapFull (tx_tap_full once per call): wait for EPOLLOUT and call again.
-/// Statuses as forward_tx(); `frames`/`chains` count completions reaped in this call. Used
-/// entries are published once and `call_fd` is signalled at most once.
-template <virtio::Virtqueue Q>
-ForwardResult forward_tx_uring(Q& q, TxUring& ring, int tap_fd, int call_fd, const NetSession& s,
-                               NetScratch& scratch, NetCounters& c) noexcept;
 
 /// Before the queue stops (GET_VRING_BASE, a memory table change, reset, disconnect): cancels
 /// and waits for every write in flight, gives every chain `ring` holds back (a frame still

@@ -73,7 +73,7 @@ class DataplaneTx : public ::testing::Test {
     return ring_->add(elems);
   }
 
-  ForwardResult forward() {
+  ForwardResult forward(TxBucket* bucket = nullptr) {
     if constexpr (uses_uring<Ring>) {
       if (!uring_) {
         auto made = TxUring::create(tap_.tap.get());
@@ -81,13 +81,13 @@ class DataplaneTx : public ::testing::Test {
         if (!made) return {};
         uring_ = std::move(*made);
       }
-      const ForwardResult r =
-          forward_tx_uring(q_, *uring_, tap_.tap.get(), call_.get(), session_, scratch_, counters_);
+      const ForwardResult r = forward_tx_uring(q_, *uring_, tap_.tap.get(), call_.get(), session_,
+                                               scratch_, counters_, bucket);
       // The socketpair takes RWF_NOWAIT: every write completes within the call.
       EXPECT_EQ(uring_->in_flight(), 0u);
       return r;
     } else {
-      return forward_tx(q_, tap_.tap.get(), call_.get(), session_, scratch_, counters_);
+      return forward_tx(q_, tap_.tap.get(), call_.get(), session_, scratch_, counters_, bucket);
     }
   }
 
@@ -497,6 +497,66 @@ TEST(DataplaneTxStopped, unconfigured_queue_reports_stopped) {
   NetCounters c;
   EXPECT_EQ(forward_tx(q, -1, -1, NetSession{}, scratch, c).status, ForwardStatus::kQueueStopped);
   EXPECT_EQ(c, NetCounters{});
+}
+
+// tx-rate=: an empty bucket leaves the chains in the ring (back-pressure); a refill lets
+// them go, each frame spending its Ethernet bytes.
+TYPED_TEST(DataplaneTx, empty_bucket_leaves_chains_in_the_ring_until_a_refill) {
+  this->start(kVersion1);
+  // 8000 bytes/s: the bucket holds one largest frame (kMaxFrameSize bytes), less than three
+  // 30000-byte frames.
+  TxBucket bucket;
+  bucket.configure(8'000, 0, 0);
+  const Bytes big = test::concat(test::net_hdr(12), test::eth_frame(30'000));
+  for (int i = 0; i < 4; ++i) this->offer(big);
+
+  ForwardResult r = this->forward(&bucket);
+  EXPECT_EQ(r.status, ForwardStatus::kThrottled);
+  // Frames go while the bucket is not empty: 30000, 60000, then a third one takes it below 0.
+  EXPECT_EQ(r.frames, 3u);
+  EXPECT_EQ(this->counters_.tx_packets, 3u);
+  EXPECT_TRUE(bucket.empty());
+  EXPECT_EQ(this->ring_->take_all_used().size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(this->tap_.receive(), big);
+  EXPECT_EQ(this->tap_.receive(), std::nullopt);
+
+  // Still empty: nothing more leaves, nothing is dropped.
+  r = this->forward(&bucket);
+  EXPECT_EQ(r.status, ForwardStatus::kThrottled);
+  EXPECT_EQ(r.chains, 0u);
+  EXPECT_EQ(this->tap_.receive(), std::nullopt);
+  EXPECT_GT(bucket.refill_wait_ns(), 1'000'000'000u) << "tens of kB at 8 kB/s take seconds";
+
+  // A second's worth of tokens is not enough (the bucket is ~25 kB in debt); ten are.
+  bucket.refill(1'000'000'000);
+  EXPECT_EQ(this->forward(&bucket).status, ForwardStatus::kThrottled);
+  for (uint64_t s = 2; s <= 12; ++s) bucket.refill(s * 1'000'000'000);
+  r = this->forward(&bucket);
+  EXPECT_EQ(r.status, ForwardStatus::kIdle);
+  EXPECT_EQ(r.frames, 1u);
+  EXPECT_EQ(this->tap_.receive(), big);
+  NetCounters want;
+  want.tx_packets = 4;
+  want.tx_bytes = 4 * 30'000;
+  want.interrupts = this->counters_.interrupts;
+  want.interrupts_suppressed = this->counters_.interrupts_suppressed;
+  EXPECT_EQ(this->counters_, want) << "nothing dropped";
+}
+
+// A packet-rate bucket counts frames, whatever their size.
+TYPED_TEST(DataplaneTx, packet_bucket_lets_its_burst_go_then_holds_the_rest) {
+  this->start(kVersion1);
+  TxBucket bucket;
+  bucket.configure(0, 1'000, 0);  // 1000 pps: 5 ms is 5 packets, the minimum burst 8
+  const Bytes msg = test::concat(test::net_hdr(12), test::eth_frame(60));
+  for (int i = 0; i < 12; ++i) this->offer(msg);
+  ForwardResult r = this->forward(&bucket);
+  EXPECT_EQ(r.status, ForwardStatus::kThrottled);
+  EXPECT_EQ(r.frames, TxBucket::kMinBurstPackets);
+  bucket.refill(4'000'000);  // 4 ms: 4 packets
+  r = this->forward(&bucket);
+  EXPECT_EQ(r.frames, 4u);
+  EXPECT_EQ(this->counters_.tx_packets, 12u);
 }
 
 }  // namespace
