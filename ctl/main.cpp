@@ -21,6 +21,7 @@
 #include "control/grammar.hpp"
 #include "control/keys.hpp"
 #include "control/protocol.hpp"
+#include "ctl/http_scrape.hpp"
 #include "ctl/libvirt_xml.hpp"
 #include "ctl/metrics.hpp"
 #include "ctl/output.hpp"
@@ -48,6 +49,7 @@ constexpr const char* kHelpCommands =
     "Commands:\n"
     "  vpctl list                      all endpoints, one per line (and who is attached)\n"
     "  vpctl metrics                   every endpoint's counters and state, Prometheus format\n"
+    "  vpctl metrics --http            the same as the answer to one HTTP request on stdin\n"
     "  vpctl version                   versions of vpctl and vpd\n"
     "  vpctl monitor [NAME] [--count N] [--timeout S]\n"
     "                                  events as they happen (of NAME only), until Ctrl-C,\n"
@@ -420,6 +422,28 @@ int monitor(const std::string& socket_path, const std::vector<std::string>& args
   }
 }
 
+/// `vpctl metrics --http`: one scrape on stdin/stdout (systemd/vpd-metrics.socket).
+int serve_metrics_http(const std::string& socket_path) {
+  control::Request request;
+  request.op = control::op::kList;
+  // A scraper that connects and sends nothing holds the process at most this long.
+  constexpr int kRequestTimeoutMs = 10'000;
+  return vp::ctl::serve_scrape(STDIN_FILENO, STDOUT_FILENO, kRequestTimeoutMs,
+                               [&](std::string& body) {
+                                 const Reply reply = call(socket_path, request);
+                                 if (reply.status == kUnreachable) {
+                                   body = "vpd is not reachable at " + socket_path + "\n";
+                                   return false;
+                                 }
+                                 if (!reply.response.ok) {
+                                   body = reply.response.error.message + "\n";
+                                   return false;
+                                 }
+                                 body = vp::ctl::format_metrics(reply.response.result);
+                                 return true;
+                               });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -475,8 +499,15 @@ int main(int argc, char** argv) {
   bool stats = false;
   bool metrics = false;
   const std::string& first = words.front();
+  if (first == "metrics" && words.size() == 2 && words[1] == "--http") {
+    if (json_output) return usage_error("metrics --http answers in the Prometheus text format");
+    return serve_metrics_http(socket_path);
+  }
   if (first == "list" || first == "version" || first == "metrics") {
-    if (words.size() > 1) return usage_error(str("'", first, "' takes no arguments"));
+    if (words.size() > 1) {
+      return usage_error(first == "metrics" ? std::string("metrics takes no arguments but --http")
+                                            : str("'", first, "' takes no arguments"));
+    }
     if (first == "metrics" && json_output) {
       return usage_error(
           "metrics is the Prometheus text format, not JSON; `vpctl --json list` has the same "

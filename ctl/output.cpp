@@ -306,6 +306,12 @@ std::vector<VmmSection> vmm_sections(const json& e) {
   const std::string netdev_queues = mq ? ",queues=" + std::to_string(queues) : "";
   const std::string device_mq =
       mq ? ",mq=on,vectors=" + std::to_string(2 * queues + 2) : std::string();
+  // QEMU's virtio-net-pci gives the guest an MTU only with its own host_mtu= (it offers
+  // VIRTIO_NET_F_MTU then, and with vhost-user tells vpd, which refuses a value other than
+  // mtu=); without it the guest assumes 1500 whatever the TAP's MTU is.
+  int64_t mtu = 1500;
+  if (auto it = e.find("mtu"); it != e.end() && it->is_number_integer()) mtu = it->get<int64_t>();
+  const std::string device_mtu = mtu != 1500 ? ",host_mtu=" + std::to_string(mtu) : std::string();
   std::vector<VmmSection> out;
   if (transport == "vhost-user") {
     // vpd listens on bind= (QEMU connects and reconnects); with only peer=, QEMU serves.
@@ -316,7 +322,7 @@ std::vector<VmmSection> vmm_sections(const json& e) {
         {"-object", "memory-backend-memfd,id=mem0,size=1G,share=on", "-numa", "node,memdev=mem0"},
         {"-chardev", "socket,id=" + name + "," + chardev},
         {"-netdev", "vhost-user,id=" + name + ",chardev=" + name + netdev_queues},
-        {"-device", "virtio-net-pci,netdev=" + name + ",mac=" + guest_mac + device_mq},
+        {"-device", "virtio-net-pci,netdev=" + name + ",mac=" + guest_mac + device_mq + device_mtu},
     };
     q.notes.push_back(mq ? "QEMU 7.2 under TCG only: use vectors=0 instead, or it crashes at start"
                          : "QEMU 7.2 under TCG only: add vectors=0 to -device, or it crashes at "
@@ -337,7 +343,7 @@ std::vector<VmmSection> vmm_sections(const json& e) {
     q.lines = {
         {"-netdev", "stream,id=" + name + ",server=" + (!bind.empty() ? "off" : "on") +
                         ",addr.type=unix,addr.path=" + addr},
-        {"-device", "virtio-net-pci,netdev=" + name + ",mac=" + guest_mac},
+        {"-device", "virtio-net-pci,netdev=" + name + ",mac=" + guest_mac + device_mtu},
     };
     q.notes.push_back(!bind.empty() ? "QEMU 8.0 and later: add reconnect=1 to -netdev so that "
                                       "QEMU reconnects after vpd restarts; 7.2 cannot"
@@ -349,7 +355,7 @@ std::vector<VmmSection> vmm_sections(const json& e) {
     q.lines = {
         {"-netdev",
          "tap,id=" + name + ",ifname=" + name + ",script=no,downscript=no" + netdev_queues},
-        {"-device", "virtio-net-pci,netdev=" + name + ",mac=" + guest_mac + device_mq},
+        {"-device", "virtio-net-pci,netdev=" + name + ",mac=" + guest_mac + device_mq + device_mtu},
     };
     q.notes.push_back("add vhost=on to -netdev where the host has /dev/vhost-net");
     out.push_back(std::move(q));

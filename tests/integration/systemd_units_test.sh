@@ -335,6 +335,40 @@ else
 fi
 
 # ---------------------------------------------------------------------------
+section "vpd-metrics.socket and vpd-metrics@.service (HTTP scrapes, off by default)"
+
+vpctl_bin=$(realpath "$build_dir/ctl/vpctl" 2>/dev/null)
+cp "$units_src/vpd-metrics.socket" "$units_src/vpd-metrics@.service" "$units/"
+sed -i "s|/usr/bin/vpctl|$vpctl_bin|g" "$units/vpd-metrics@.service"
+if verify_units "$units/vpd-metrics.socket" "$units/vpd-metrics@.service"; then
+  pass "systemd-analyze verify: no warnings or errors about the metrics units"
+else
+  fail "systemd-analyze verify reported problems in the metrics units"
+fi
+metrics_socket=$units_src/vpd-metrics.socket
+metrics_service=$units_src/vpd-metrics@.service
+expect_setting "$metrics_socket" Accept yes
+expect_setting "$metrics_socket" ListenStream 127.0.0.1:9477
+expect_setting "$metrics_service" ExecStart "/usr/bin/vpctl metrics --http"
+expect_setting "$metrics_service" StandardInput socket
+expect_setting "$metrics_service" StandardOutput socket
+expect_setting "$metrics_service" DynamicUser yes
+expect_setting "$metrics_service" SupplementaryGroups vpd
+# A scrape needs no privilege: the unit must stay "SAFE" (systemd-analyze's own scale:
+# below 2.0).
+if systemd-analyze security --help 2>&1 | grep -q -- '--offline'; then
+  cp "$units/vpd-metrics@.service" "$units/vpd-metrics@scrape.service"
+  score=$(LC_ALL=C.UTF-8 systemd-analyze security --offline=true --no-pager \
+    "$units/vpd-metrics@scrape.service" 2>&1 |
+    sed -n 's/.*Overall exposure level for vpd-metrics@scrape.service: \([0-9.]*\).*/\1/p')
+  if [[ -n $score ]] && awk -v s="$score" 'BEGIN { exit !(s < 2.0) }'; then
+    pass "vpd-metrics@.service exposure $score (below 2.0, SAFE)"
+  else
+    fail "vpd-metrics@.service exposure '$score' is not below 2.0"
+  fi
+fi
+
+# ---------------------------------------------------------------------------
 echo
 if [[ $failures -eq 0 ]]; then
   echo "PASS: systemd units"

@@ -166,7 +166,8 @@ indent '|' <<<"$out_i"
 
 dpkg -L vpd | sort >"$tmp/files"
 for f in /usr/sbin/vpd /usr/bin/vpctl /lib/systemd/system/vpd.service \
-  /lib/systemd/system/vpd.socket /usr/lib/sysusers.d/vpd.conf /usr/lib/tmpfiles.d/vpd.conf \
+  /lib/systemd/system/vpd.socket /lib/systemd/system/vpd-metrics.socket \
+  /lib/systemd/system/vpd-metrics@.service /usr/lib/sysusers.d/vpd.conf /usr/lib/tmpfiles.d/vpd.conf \
   /etc/vpd/vpd.conf /usr/share/man/man8/vpd.8.gz /usr/share/man/man8/vpctl.8.gz \
   /usr/share/man/man5/vpd.conf.5.gz /usr/share/bash-completion/completions/vpctl \
   /usr/share/doc/vpd/copyright; do
@@ -221,6 +222,11 @@ if grep -q 'multi-user.target.wants/vpd.service' <<<"$enabled" &&
 else
   fail "units not enabled: '$enabled'"
 fi
+if [[ -z $(find /etc/systemd/system -name 'vpd-metrics*' 2>/dev/null) ]]; then
+  pass "vpd-metrics.socket is installed but not enabled (metrics over HTTP are opt-in)"
+else
+  fail "vpd-metrics.socket is enabled by the package; it must stay off until the operator enables it"
+fi
 
 section "the installed programs"
 got=$(/usr/sbin/vpd --version 2>&1)
@@ -239,6 +245,7 @@ else
   fail "vpd --check-config rejects /etc/vpd/vpd.conf: $got"
 fi
 if systemd-analyze verify --man=no /lib/systemd/system/vpd.socket /lib/systemd/system/vpd.service \
+  /lib/systemd/system/vpd-metrics.socket /lib/systemd/system/vpd-metrics@.service \
   >"$tmp/verify" 2>&1 && ! grep -qi vpd "$tmp/verify"; then
   pass "systemd-analyze verify on the installed units"
 else

@@ -173,5 +173,20 @@ TEST(VmmArgsJson, text_and_json_say_the_same) {
   }
 }
 
+TEST(VmmArgsJson, qemu_is_given_the_mtu_only_when_it_is_not_1500) {
+  json e = qemu_attached(true, "carrier-up");
+  e["mtu"] = 1450;
+  const json j = vmm_args_json(e);
+  EXPECT_EQ(j["qemu"]["args"].back(),
+            "virtio-net-pci,netdev=vp0,mac=52:54:00:00:00:01,host_mtu=1450");
+  e["mtu"] = 1500;
+  const json plain = vmm_args_json(e);
+  EXPECT_EQ(plain["qemu"]["args"].back(), "virtio-net-pci,netdev=vp0,mac=52:54:00:00:00:01");
+  e["mtu"] = 9000;
+  e["transport"] = "stream";
+  const json stream = vmm_args_json(e);
+  EXPECT_TRUE(contains(stream["qemu"]["args"].back().get<std::string>(), ",host_mtu=9000"));
+}
+
 }  // namespace
 }  // namespace vp::ctl
