@@ -5,6 +5,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -279,6 +280,26 @@ std::string format_metrics(const json& endpoints) {
         x.add("vpd_queue_broken", "gauge",
               "1 for a virtqueue vpd stopped serving because the guest broke its ring.",
               {{"endpoint", name}, {"queue", queue}, {"reason", reason}}, "1");
+      }
+    }
+    // Per queue pair: the endpoint's packets, bytes and drops split by queue (their sum over
+    // `queue` is the endpoint's figure).
+    for (const json& q : s.value("queue_counters", json::array())) {
+      const std::string queue = number_of(q, "queue");
+      for (const auto& [family, what, help] :
+           {std::tuple{"vpd_queue_packets_total", "packets", "Frames one queue pair carried."},
+            std::tuple{"vpd_queue_bytes_total", "bytes",
+                       "Ethernet bytes one queue pair carried (the virtio-net header not "
+                       "counted)."},
+            std::tuple{"vpd_queue_dropped_total", "dropped",
+                       "Frames one queue pair dropped, for any reason (vpctl vp0 stats says "
+                       "which)."}}) {
+        for (const auto& [prefix, direction] :
+             {std::pair{"tx_", "from_guest"}, std::pair{"rx_", "to_guest"}}) {
+          x.add(family, "counter", help,
+                {{"endpoint", name}, {"queue", queue}, {"direction", direction}},
+                number_of(q, (std::string(prefix) + what).c_str()));
+        }
       }
     }
     if (auto c = s.find("counters"); c != s.end() && c->is_object()) {

@@ -277,6 +277,16 @@ std::string format_stats(const json& e) {
   } else {
     lines.emplace_back("counters", "none (the endpoint has no data path)");
   }
+  // Per queue pair, when there is more than one: tx is guest->host, rx host->guest.
+  if (auto q = s.find("queue_counters"); q != s.end() && q->is_array() && q->size() > 1) {
+    for (const json& pair : *q) {
+      const auto n = [&](const char* key) { return std::to_string(pair.value(key, uint64_t{0})); };
+      lines.emplace_back("queue " + n("queue"),
+                         "tx " + n("tx_packets") + " packets " + n("tx_bytes") + " bytes " +
+                             n("tx_dropped") + " dropped, rx " + n("rx_packets") + " packets " +
+                             n("rx_bytes") + " bytes " + n("rx_dropped") + " dropped");
+    }
+  }
   return key_value_lines(lines);
 }
 
@@ -404,6 +414,7 @@ json stats_json(const json& e) {
            {"link_state", s.value("link_state", "absent")}};
   // Counters only where vpd is in the data path (not transport=tap).
   if (auto c = s.find("counters"); c != s.end() && c->is_object()) out["counters"] = *c;
+  if (auto q = s.find("queue_counters"); q != s.end() && q->is_array()) out["queues"] = *q;
   if (auto ses = s.find("session"); ses != s.end() && ses->is_object()) out["session"] = *ses;
   for (const char* key : {"refused_peers"}) {
     if (auto it = s.find(key); it != s.end()) out[key] = *it;

@@ -106,6 +106,8 @@ std::optional<SessionView> Dataplane::view(const std::string& name) const {
       std::lock_guard lock(s->mutex);
       SessionView v = s->view;
       v.counters = s->read_counters();
+      for (uint32_t p = 0; p < v.queue_counts.size(); ++p)
+        v.queue_counts[p] = s->read_queue_counts(p);
       return v;
     }
   }

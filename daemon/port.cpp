@@ -16,6 +16,27 @@ void PortStatus::add_counters(dataplane::NetCounters& local) noexcept {
   local = {};
 }
 
+void PortStatus::add_queue_counts(uint32_t pair, dataplane::QueueCounts& local) noexcept {
+  if (pair >= queue_counters.size()) return;
+  auto& slots = queue_counters[pair];
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const uint64_t v = local.*dataplane::kQueueCountFields[i].member;
+    if (v != 0)
+      slots[i].store(slots[i].load(std::memory_order_relaxed) + v, std::memory_order_relaxed);
+  }
+  local = {};
+}
+
+dataplane::QueueCounts PortStatus::read_queue_counts(uint32_t pair) const noexcept {
+  dataplane::QueueCounts c;
+  if (pair >= queue_counters.size()) return c;
+  for (size_t i = 0; i < queue_counters[pair].size(); ++i) {
+    c.*dataplane::kQueueCountFields[i].member =
+        queue_counters[pair][i].load(std::memory_order_relaxed);
+  }
+  return c;
+}
+
 dataplane::NetCounters PortStatus::read_counters() const noexcept {
   dataplane::NetCounters c;
   for (size_t i = 0; i < counters.size(); ++i) {
@@ -125,6 +146,7 @@ void Port::continue_work() {
 }
 
 void Port::publish() {
+  publish_queue_counts(*status_);
   status_->add_counters(local_);
   if (!state_dirty_) return;
   state_dirty_ = false;

@@ -38,9 +38,18 @@ struct PortStatus {
   /// its local counts once per wake-up without a lock: the packet path takes no lock.
   std::array<std::atomic<uint64_t>, std::size(dataplane::kNetCounterFields)> counters{};
 
+  /// Each queue pair's share of `counters` (vhost-user), QueueCounts fields in order; written
+  /// like `counters`.
+  std::array<std::array<std::atomic<uint64_t>, std::size(dataplane::kQueueCountFields)>,
+             control::kMaxQueuePairs>
+      queue_counters{};
+
   /// Worker thread: adds `local` and clears it.
   void add_counters(dataplane::NetCounters& local) noexcept;
+  /// Worker thread: adds pair `pair`'s `local` share and clears it.
+  void add_queue_counts(uint32_t pair, dataplane::QueueCounts& local) noexcept;
   dataplane::NetCounters read_counters() const noexcept;
+  dataplane::QueueCounts read_queue_counts(uint32_t pair) const noexcept;
 };
 
 class Port {
@@ -100,6 +109,8 @@ class Port {
   virtual void on_tx_rate_timer() {}
   /// config_.tx_rate changed.
   virtual void apply_tx_rate() {}
+  /// Adds each queue pair's share of this wake-up's counts to `status` (vhost-user).
+  virtual void publish_queue_counts(PortStatus& /*status*/) {}
   virtual void continue_pending() = 0;
   /// Fills the transport's fields of `v`; true if a guest negotiated features.
   virtual bool fill_view(SessionView& v) const = 0;

@@ -86,6 +86,17 @@ json Registry::describe(const Endpoint& e) {
     for (const auto& f : dataplane::kNetCounterFields)
       counters[std::string(f.name)] = v->counters.*f.member;
     status["counters"] = counters;
+    if (e.config.transport == control::Transport::kVhostUser) {
+      // Per queue pair (queue N: receiveq N and transmitq N), as many as queues= allows.
+      json queues = json::array();
+      for (uint32_t p = 0; p < e.config.queues && p < v->queue_counts.size(); ++p) {
+        json q = {{"queue", p}};
+        for (const auto& f : dataplane::kQueueCountFields)
+          q[std::string(f.name)] = v->queue_counts[p].*f.member;
+        queues.push_back(std::move(q));
+      }
+      status["queue_counters"] = std::move(queues);
+    }
     status["refused_peers"] = v->refused_peers;
     if (v->state == SessionState::kConnected) {
       status["session"] = {

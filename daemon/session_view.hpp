@@ -2,12 +2,14 @@
 
 // What the data path shows the control thread of an endpoint's guest side.
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "control/endpoint.hpp"
 #include "dataplane/net_counters.hpp"
 #include "sys/unix_socket.hpp"
 
@@ -55,6 +57,8 @@ struct SessionView {
   /// The process of the running session (kConnected only), as it was when it connected.
   std::optional<PeerProcess> frontend;
   dataplane::NetCounters counters;
+  /// Each queue pair's share of `counters` (vhost-user; pairs the endpoint never had are 0).
+  std::array<dataplane::QueueCounts, control::kMaxQueuePairs> queue_counts{};
 };
 
 }  // namespace vp::daemon

@@ -439,9 +439,16 @@ void VhostUserPort::start_tx_uring(uint32_t p) {
       Interest(epoll(), pair.tx_uring->fd(), tag(EventKind::kUring, static_cast<uint16_t>(p)));
 }
 
+void VhostUserPort::publish_queue_counts(PortStatus& status) {
+  for (uint32_t p = 0; p < pairs(); ++p) {
+    if (pairs_[p].counts != dataplane::QueueCounts{}) status.add_queue_counts(p, pairs_[p].counts);
+  }
+}
+
 void VhostUserPort::drain_tx_uring(uint32_t p) {
   Pair& pair = pairs_[p];
   if (!pair.tx_uring) return;
+  const ShareCounts share(local_, pair);
   if (!pair.tx_uring->idle()) {
     vhost::Vring& v = backend_->vring(2 * p + 1);
     std::visit([&](auto& q) { dataplane::drain_tx_uring(q, *pair.tx_uring, v.call.get(), local_); },
@@ -460,6 +467,7 @@ void VhostUserPort::run_tx(uint32_t p) {
   if (!pair.tx_running && !pair.tx_discarding) return;
   vhost::Vring& v = backend_->vring(2 * p + 1);
   pair.tx_pending = false;
+  const ShareCounts share(local_, pair);
   dataplane::TxUring* uring = pair.tx_discarding ? nullptr : pair.tx_uring.get();
   // tx-rate=: refilled once per pass; a disabled ring discards without a limit.
   dataplane::TxBucket* bucket = nullptr;
@@ -511,6 +519,7 @@ void VhostUserPort::run_rx(uint32_t p) {
   if (!pair.rx_running) return;
   vhost::Vring& v = backend_->vring(2 * p);
   pair.rx_pending = false;
+  const ShareCounts share(local_, pair);
   for (int round = 0; round < kRoundsPerWake; ++round) {
     const dataplane::ForwardResult r = std::visit(
         [&](auto& q) {

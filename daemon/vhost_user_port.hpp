@@ -71,6 +71,27 @@ class VhostUserPort final : public Port, public vhost::Device {
     std::unique_ptr<dataplane::TxUring> tx_uring;
     Interest uring_interest;    // its fd, while writes are in flight
     bool uring_failed = false;  // setting it up failed in this session: writev, said once
+
+    // This pair's share of local_ since the last publish (per-queue counters).
+    dataplane::QueueCounts counts;
+  };
+
+  // Adds to `pair`'s share what the endpoint's local_ counts gain while it lives (one pass
+  // over one of the pair's rings).
+  class ShareCounts {
+   public:
+    ShareCounts(const dataplane::NetCounters& local, Pair& pair) noexcept
+        : local_(local), pair_(pair), before_(dataplane::queue_counts(local)) {}
+    ~ShareCounts() {
+      dataplane::add_difference(pair_.counts, dataplane::queue_counts(local_), before_);
+    }
+    ShareCounts(const ShareCounts&) = delete;
+    ShareCounts& operator=(const ShareCounts&) = delete;
+
+   private:
+    const dataplane::NetCounters& local_;
+    Pair& pair_;
+    dataplane::QueueCounts before_;
   };
 
   // SPEC: virtio 1.2 §5.1.2: receiveqN is virtqueue 2(N-1), transmitqN is 2(N-1)+1.
@@ -87,6 +108,7 @@ class VhostUserPort final : public Port, public vhost::Device {
   void on_uring(uint16_t pair) override;
   void continue_pending() override;
   bool fill_view(SessionView& v) const override;
+  void publish_queue_counts(PortStatus& status) override;
   void on_tx_rate_timer() override;
   void apply_tx_rate() override;
 

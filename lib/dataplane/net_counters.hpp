@@ -134,4 +134,57 @@ inline NetCounters& NetCounters::operator+=(const NetCounters& other) noexcept {
   return *this;
 }
 
+/// One queue pair's share of the endpoint's counters: what it carried and dropped each way.
+/// `tx_dropped` is every tx_dropped_* reason plus tap_write_fails (frames the guest sent that
+/// did not reach the TAP); `rx_dropped` is rx_dropped_too_big plus rx_dropped_runt (frames
+/// read from the TAP that did not reach the guest). The worker takes a share from the
+/// difference of its counts around each pass over the pair's rings (per wake-up, never per
+/// frame).
+struct QueueCounts {
+  uint64_t tx_packets = 0;
+  uint64_t tx_bytes = 0;
+  uint64_t tx_dropped = 0;
+  uint64_t rx_packets = 0;
+  uint64_t rx_bytes = 0;
+  uint64_t rx_dropped = 0;
+
+  bool operator==(const QueueCounts&) const = default;
+};
+
+/// Every QueueCounts field, in declaration order, with its stats/JSON name.
+struct QueueCountField {
+  std::string_view name;
+  uint64_t QueueCounts::*member;
+};
+inline constexpr QueueCountField kQueueCountFields[] = {
+    {"tx_packets", &QueueCounts::tx_packets}, {"tx_bytes", &QueueCounts::tx_bytes},
+    {"tx_dropped", &QueueCounts::tx_dropped}, {"rx_packets", &QueueCounts::rx_packets},
+    {"rx_bytes", &QueueCounts::rx_bytes},     {"rx_dropped", &QueueCounts::rx_dropped},
+};
+static_assert(sizeof(QueueCounts) == sizeof(uint64_t) * std::size(kQueueCountFields),
+              "every QueueCounts field is listed in kQueueCountFields");
+
+/// The QueueCounts view of `c`.
+inline QueueCounts queue_counts(const NetCounters& c) noexcept {
+  return {
+      .tx_packets = c.tx_packets,
+      .tx_bytes = c.tx_bytes,
+      .tx_dropped = c.tx_dropped_malformed_chain + c.tx_dropped_too_short + c.tx_dropped_too_long +
+                    c.tx_dropped_bad_flags + c.tx_dropped_csum_not_negotiated +
+                    c.tx_dropped_bad_csum_offsets + c.tx_dropped_gso_not_negotiated +
+                    c.tx_dropped_bad_gso + c.tx_dropped_hdr_len_past_frame +
+                    c.tx_dropped_spoofed_mac + c.tx_dropped_ring_disabled + c.tap_write_fails,
+      .rx_packets = c.rx_packets,
+      .rx_bytes = c.rx_bytes,
+      .rx_dropped = c.rx_dropped_too_big + c.rx_dropped_runt,
+  };
+}
+
+/// Adds what `now` counts beyond `before` (both queue_counts() of one running NetCounters).
+inline void add_difference(QueueCounts& to, const QueueCounts& now,
+                           const QueueCounts& before) noexcept {
+  for (const QueueCountField& f : kQueueCountFields)
+    to.*f.member += now.*f.member - before.*f.member;
+}
+
 }  // namespace vp::dataplane

@@ -225,6 +225,23 @@ TEST_P(DpdkVirtioUser, frames_cross_both_ways_for_ten_rings_per_queue) {
       }
     }
     EXPECT_GE(tx.back(), tx_want) << "testpmd's TX total";
+    // vpd's per-queue counters (vpctl --json vp0 stats): once it has taken every frame
+    // testpmd sent, each pair counts what testpmd sent on its queue.
+    json queues;
+    const bool drained = wait_until(
+        [&] {
+          queues = stats().value("queues", json::array());
+          return counter("tx_packets") == tx.back();
+        },
+        kTrafficTimeout);
+    EXPECT_TRUE(drained) << "vpd's tx_packets " << counter("tx_packets") << ", testpmd sent "
+                         << tx.back();
+    ASSERT_EQ(queues.size(), c.queues) << queues.dump();
+    for (uint32_t q = 0; q < c.queues; ++q) {
+      EXPECT_EQ(queues[q].value("tx_packets", uint64_t{0}), c.queues > 1 ? tx[q] : tx.back())
+          << "queue " << q << ": " << queues.dump();
+      EXPECT_EQ(queues[q].value("tx_dropped", uint64_t{9}), 0u) << queues.dump();
+    }
   }
 
   // ---- host -> guest ----
@@ -270,6 +287,12 @@ TEST_P(DpdkVirtioUser, frames_cross_both_ways_for_ten_rings_per_queue) {
     if (c.queues > 1) {
       ASSERT_GE(rx.size(), c.queues + 2u) << log;
       for (uint32_t q = 0; q < c.queues; ++q) EXPECT_GT(rx[q], 0u) << "RX queue " << q;
+      // Each of vpd's pairs delivered at least what testpmd read from its queue.
+      const json queues = stats().value("queues", json::array());
+      ASSERT_EQ(queues.size(), c.queues) << queues.dump();
+      for (uint32_t q = 0; q < c.queues; ++q) {
+        EXPECT_GE(queues[q].value("rx_packets", uint64_t{0}), rx[q]) << queues.dump();
+      }
     }
     // The port total: every frame the host sent reached testpmd.
     EXPECT_GE(rx.back(), rx_want) << log;

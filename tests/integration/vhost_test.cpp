@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <set>
 #include <thread>
 
@@ -308,6 +309,17 @@ class VhostUser : public ::testing::TestWithParam<bool> {
 
   nlohmann::json counters() { return vpd_->ctl_json({"vp0"})["status"]["counters"]; }
 
+  // The per-queue-pair counters once `done` holds for them (or after 5 s).
+  nlohmann::json queue_counters_when(const std::function<bool(const nlohmann::json&)>& done) {
+    nlohmann::json q;
+    for (int i = 0; i < 250; ++i) {
+      q = vpd_->ctl_json({"vp0"})["status"]["queue_counters"];
+      if (done(q)) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return q;
+  }
+
   std::array<uint8_t, 6> vp0_mac() {
     std::array<uint8_t, 6> mac{};
     const std::string text = link_json("vp0").value("address", "");
@@ -529,6 +541,24 @@ TEST_P(VhostUser, each_queue_pair_carries_guest_frames_and_the_kernel_answers_on
   EXPECT_EQ(kernel_rx_packets(), kernel_rx + 2) << "both TX frames reached the kernel";
   const auto c = counters();
   EXPECT_EQ(c.value("tx_packets", 0u), 2u) << "the endpoint's counters sum both pairs" << c.dump();
+  // Each pair sent one 42-byte frame: the per-queue counters say which pair carried what.
+  const auto q = queue_counters_when([](const nlohmann::json& got) {
+    return got.is_array() && got.size() == 2 && got[1].value("tx_packets", 0u) == 1u;
+  });
+  ASSERT_TRUE(q.is_array() && q.size() == 2) << q.dump();
+  for (uint32_t pair = 0; pair < 2; ++pair) {
+    EXPECT_EQ(q[pair].value("queue", 9u), pair) << q.dump();
+    EXPECT_EQ(q[pair].value("tx_packets", 0u), 1u) << q.dump();
+    EXPECT_EQ(q[pair].value("tx_bytes", 0u), 42u) << q.dump();
+    EXPECT_EQ(q[pair].value("tx_dropped", 9u), 0u) << q.dump();
+  }
+  const std::string stats = vpd_->ctl({"vp0", "stats"}).out;
+  EXPECT_NE(stats.find("queue 1:"), std::string::npos) << stats;
+  const std::string metrics = vpd_->ctl({"metrics"}).out;
+  EXPECT_NE(metrics.find("vpd_queue_packets_total{endpoint=\"vp0\",queue=\"1\","
+                         "direction=\"from_guest\"} 1\n"),
+            std::string::npos)
+      << metrics;
 }
 
 TEST_P(VhostUser, host_flows_reach_the_guest_on_both_rx_rings) {
@@ -545,6 +575,24 @@ TEST_P(VhostUser, host_flows_reach_the_guest_on_both_rx_rings) {
   EXPECT_EQ(on_rx0 + on_rx1, 32) << vpd_->log();
   EXPECT_GT(on_rx0, 0) << "TAP queue 0 feeds pair 0";
   EXPECT_GT(on_rx1, 0) << "TAP queue 1 feeds pair 1";
+  // Each pair counts at least the flows its ring got (the kernel may send the guest more,
+  // e.g. IPv6 neighbour discovery), and once nothing moves the pairs add up to the endpoint.
+  nlohmann::json status;
+  uint64_t pairs_sum = 0;
+  for (int i = 0; i < 250; ++i) {
+    status = vpd_->ctl_json({"vp0"})["status"];
+    const auto& q = status["queue_counters"];
+    pairs_sum = q.is_array() && q.size() == 2
+                    ? q[0].value("rx_packets", 0u) + q[1].value("rx_packets", 0u)
+                    : 0;
+    if (pairs_sum >= 32 && pairs_sum == status["counters"].value("rx_packets", 0u)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const auto& q = status["queue_counters"];
+  ASSERT_TRUE(q.is_array() && q.size() == 2) << status.dump();
+  EXPECT_GE(q[0].value("rx_packets", 0), on_rx0) << q.dump();
+  EXPECT_GE(q[1].value("rx_packets", 0), on_rx1) << q.dump();
+  EXPECT_EQ(pairs_sum, status["counters"].value("rx_packets", 0u)) << status.dump();
 }
 
 TEST_P(VhostUser, a_pair_left_disabled_never_starts_and_the_kernel_sends_it_nothing) {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "dataplane/net_counters.hpp"
 #include "unit_expect.hpp"
 
 namespace vp::ctl {
@@ -54,6 +55,60 @@ TEST(FormatMetrics, directions_are_labels_of_one_family) {
   EXPECT_TRUE(contains(out, "vpd_packets_total{endpoint=\"vp0\",direction=\"to_guest\"} 7\n"));
   EXPECT_TRUE(contains(out, "vpd_kicks_total{endpoint=\"vp0\"} 1\n"));
   EXPECT_TRUE(contains(out, "# TYPE vpd_packets_total counter\n"));
+}
+
+TEST(FormatMetrics, queue_pairs_are_a_label_of_their_own_families) {
+  json e = endpoint("vp0", "connected");
+  e["status"]["queue_counters"] = json::array({{{"queue", 0},
+                                                {"tx_packets", 3},
+                                                {"tx_bytes", 180},
+                                                {"tx_dropped", 0},
+                                                {"rx_packets", 4},
+                                                {"rx_bytes", 240},
+                                                {"rx_dropped", 1}},
+                                               {{"queue", 1},
+                                                {"tx_packets", 2},
+                                                {"tx_bytes", 120},
+                                                {"tx_dropped", 0},
+                                                {"rx_packets", 3},
+                                                {"rx_bytes", 180},
+                                                {"rx_dropped", 0}}});
+  const std::string out = format_metrics(json::array({e}));
+  EXPECT_TRUE(contains(
+      out, "vpd_queue_packets_total{endpoint=\"vp0\",queue=\"1\",direction=\"from_guest\"} 2\n"))
+      << out;
+  EXPECT_TRUE(contains(
+      out, "vpd_queue_bytes_total{endpoint=\"vp0\",queue=\"0\",direction=\"to_guest\"} 240\n"))
+      << out;
+  EXPECT_TRUE(contains(
+      out, "vpd_queue_dropped_total{endpoint=\"vp0\",queue=\"0\",direction=\"to_guest\"} 1\n"))
+      << out;
+  // The endpoint's own families keep no queue label (a sum over queues would count twice).
+  EXPECT_TRUE(contains(out, "vpd_packets_total{endpoint=\"vp0\",direction=\"from_guest\"} 5\n"));
+  EXPECT_EQ(out.find("# TYPE vpd_queue_packets_total counter\n"),
+            out.rfind("# TYPE vpd_queue_packets_total counter\n"));
+}
+
+TEST(QueueCounts, drops_are_summed_per_direction_and_shares_are_differences) {
+  dataplane::NetCounters c;
+  c.tx_packets = 10;
+  c.tx_bytes = 600;
+  c.tx_dropped_bad_gso = 1;
+  c.tx_dropped_spoofed_mac = 2;
+  c.tap_write_fails = 3;
+  c.tx_tap_full = 50;  // rewound and sent later: not a drop
+  c.rx_packets = 4;
+  c.rx_dropped_too_big = 5;
+  c.rx_dropped_runt = 6;
+  c.no_rx_avail_buffer = 70;  // the frame waited: not a drop
+  const dataplane::QueueCounts before = dataplane::queue_counts(c);
+  EXPECT_EQ(before.tx_dropped, 6u);
+  EXPECT_EQ(before.rx_dropped, 11u);
+  c.tx_packets += 2;
+  c.rx_bytes += 128;
+  dataplane::QueueCounts share{.tx_packets = 1};
+  dataplane::add_difference(share, dataplane::queue_counts(c), before);
+  EXPECT_EQ(share, (dataplane::QueueCounts{.tx_packets = 3, .rx_bytes = 128}));
 }
 
 TEST(FormatMetrics, every_family_has_help_and_type_once_before_its_samples) {
