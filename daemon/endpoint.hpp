@@ -22,6 +22,8 @@ struct Endpoint {
   unsigned tun_offloads = 0;          // what TUNSETOFFLOAD accepted
   int vnet_hdr_len = 0;               // what TUNSETVNETHDRSZ was given
   std::vector<std::string> problems;  // why the kernel does not match config, if it does not
+  /// transport=tap: the TAP's carrier when vpd last looked (on while a VMM has it open).
+  bool vmm_carrier = false;
 };
 
 }  // namespace vp::daemon

@@ -73,6 +73,17 @@ void Registry::reconcile_marked() {
       }
       continue;
     } else if (now) {
+      // transport=tap: the VMM owns the data path; the kernel's carrier says it has the TAP
+      // open. An event when that changes, since no session of vpd's reports it.
+      if (want.transport == control::Transport::kTap && now->carrier != e.vmm_carrier) {
+        e.vmm_carrier = now->carrier;
+        if (now->carrier) {
+          emit(EventType::kCarrierUp, name, str(name, " has carrier: a VMM opened the TAP"));
+        } else {
+          emit(EventType::kCarrierDown, name,
+               str(name, " lost carrier: no VMM has the TAP open any more"));
+        }
+      }
       if (now->mtu != want.mtu) found_changed.push_back(str("mtu ", now->mtu));
       if (now->mac != want.mac) found_changed.push_back(str("mac ", now->mac.to_string()));
       if (now->up != want.up) found_changed.push_back(now->up ? "up" : "down");

@@ -6,9 +6,12 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -248,6 +251,27 @@ TEST_F(Monitor, endpoint_life_arrives_as_json_events_in_order) {
   EXPECT_TRUE(contains(mon.first("vp0", "frontend-disconnected").value("reason", ""), "closed"));
   // The link watch put vp0 back up.
   EXPECT_TRUE(has_flag(link_json("vp0"), "UP") || link_json("vp0").is_null());
+}
+
+// transport=tap: vpd has no session, so the kernel's carrier (a VMM has the TAP open) is what
+// the events report.
+TEST_F(Monitor, a_vmm_opening_and_closing_a_tap_endpoint_is_carrier_up_and_down) {
+  ok({"vp0", "create", "transport=tap", "up"});
+  MonitorProcess mon(vpd().socket(), /*json=*/true, {"vp0"});
+  ASSERT_TRUE(mon.wait_subscribed()) << mon.err_text();
+  // What QEMU's tap_open() does: /dev/net/tun, TUNSETIFF by name.
+  Fd vmm(::open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK));
+  ASSERT_TRUE(vmm);
+  ifreq ifr{};
+  std::strncpy(ifr.ifr_name, "vp0", IFNAMSIZ - 1);
+  ifr.ifr_flags = static_cast<short>(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR);
+  ASSERT_EQ(::ioctl(vmm.get(), TUNSETIFF, &ifr), 0) << std::strerror(errno);
+  ASSERT_TRUE(mon.wait_for("vp0", "carrier-up")) << vpd().log();
+  vmm.reset();
+  ASSERT_TRUE(mon.wait_for("vp0", "carrier-down")) << vpd().log();
+  EXPECT_EQ(mon.first("vp0", "carrier-up").value("message", ""),
+            "vp0 has carrier: a VMM opened the TAP");
+  EXPECT_TRUE(in_order(mon.types_of("vp0"), {"carrier-up", "carrier-down"}));
 }
 
 TEST_F(Monitor, connection_refused_by_allow_is_an_event_and_the_endpoint_stays_listening) {
