@@ -68,6 +68,8 @@ constexpr const char* kHelpCommands =
 constexpr const char* kHelpTail =
     "\n"
     "The control socket is --socket PATH, else $VPD_SOCKET, else /run/vpd/control.sock.\n"
+    "Without permission for control.sock, list, metrics, version, monitor, show, qemu-args,\n"
+    "libvirt-xml and stats use control-ro.sock beside it (read-only; group vpd-ro).\n"
     "Exit status: 0 done, 1 refused by vpd, 2 usage error, 3 vpd not reachable.\n";
 
 // Appends `word` to `out`, breaking lines before column 80 under an indent of two.
@@ -148,7 +150,40 @@ struct Reply {
   control::Response response;
 };
 
-Reply call(const std::string& socket_path, const control::Request& request) {
+bool permission_denied(const vp::Error& error) {
+  return error.message.ends_with(std::strerror(EACCES));
+}
+
+// Connects to vpd's control socket `socket_path`. When its file is control.sock, this user
+// may not use it (EACCES) and `read_only` (the request changes nothing), control-ro.sock in
+// the same directory is used instead: members of group vpd-ro may list, show and watch
+// endpoints there. `socket_path` becomes the socket used.
+vp::Result<vp::Fd> connect_control(std::string& socket_path, bool read_only) {
+  auto fd = vp::connect_unix(socket_path);
+  if (fd || !permission_denied(fd.error())) return fd;
+  const std::string suffix = str("/", control::kSocketName);
+  if (read_only && (socket_path.ends_with(suffix) || socket_path == control::kSocketName)) {
+    const std::string ro = socket_path.substr(0, socket_path.size() - control::kSocketName.size()) +
+                           std::string(control::kReadOnlySocketName);
+    auto second = vp::connect_unix(ro);
+    if (second) {
+      socket_path = ro;
+      return second;
+    }
+    if (permission_denied(second.error())) {
+      return vp::fail(fd.error().code,
+                      str(fd.error().message, ", and ", ro,
+                          " too (run vpctl as root or as a member of group vpd, or of group "
+                          "vpd-ro to only list, show and watch endpoints)"));
+    }
+  }
+  return vp::fail(
+      fd.error().code,
+      str(fd.error().message, " (run vpctl as root or as a member of group vpd",
+          read_only ? ", or of group vpd-ro to only list, show and watch endpoints" : "", ")"));
+}
+
+Reply call(std::string socket_path, const control::Request& request) {
   Reply reply;
   auto unreachable = [&](const std::string& why) {
     std::fprintf(stderr,
@@ -159,14 +194,8 @@ Reply call(const std::string& socket_path, const control::Request& request) {
     reply.status = kUnreachable;
     return reply;
   };
-  auto fd = vp::connect_unix(socket_path);
-  if (!fd) {
-    std::string why = fd.error().message;
-    if (why.find("Permission denied") != std::string::npos) {
-      why += " (run vpctl as root or as a member of group vpd)";
-    }
-    return unreachable(why);
-  }
+  auto fd = connect_control(socket_path, control::op::is_read_only(request.op));
+  if (!fd) return unreachable(fd.error().message);
   timeval timeout{30, 0};
   ::setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
   ::setsockopt(fd->get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
@@ -310,7 +339,7 @@ std::optional<long> option_number(std::string_view text, long min, long max) {
 // NAME only) as it arrives, one line each, flushed at once; stops after N events, after S
 // seconds, or when interrupted. Says on stderr once the subscription runs, so a script can
 // wait for that line before it acts.
-int monitor(const std::string& socket_path, const std::vector<std::string>& args, bool json) {
+int monitor(std::string socket_path, const std::vector<std::string>& args, bool json) {
   std::string only;
   long count = 0;  // 0: no limit
   long timeout_s = 0;
@@ -338,7 +367,7 @@ int monitor(const std::string& socket_path, const std::vector<std::string>& args
       return usage_error("monitor watches one endpoint or all: `vpctl monitor [NAME]`");
     }
   }
-  auto fd = vp::connect_unix(socket_path);
+  auto fd = connect_control(socket_path, /*read_only=*/true);
   if (!fd) {
     std::fprintf(stderr,
                  "vpctl: cannot reach vpd at %s: %s.\n"

@@ -34,17 +34,26 @@ std::string ControlServer::lost_line(Client& c) {
                      {{"count", n}}});
 }
 
-ControlServer::ControlServer(Fd listener, int epoll_fd, Handler handler)
-    : listener_(std::move(listener)), epoll_fd_(epoll_fd), handler_(std::move(handler)) {
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.fd = listener_.get();
-  ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listener_.get(), &ev);
+ControlServer::ControlServer(std::vector<Listener> listeners, int epoll_fd, Handler handler)
+    : listeners_(std::move(listeners)), epoll_fd_(epoll_fd), handler_(std::move(handler)) {
+  for (const Listener& l : listeners_) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = l.fd.get();
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, l.fd.get(), &ev);
+  }
+}
+
+const ControlServer::Listener* ControlServer::listener_of(int fd) const {
+  for (const Listener& l : listeners_) {
+    if (l.fd.get() == fd) return &l;
+  }
+  return nullptr;
 }
 
 void ControlServer::on_event(int fd, uint32_t events) {
-  if (fd == listener_.get()) {
-    accept_all();
+  if (const Listener* l = listener_of(fd)) {
+    accept_all(*l);
     return;
   }
   auto it = clients_.find(fd);
@@ -55,15 +64,16 @@ void ControlServer::on_event(int fd, uint32_t events) {
   if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) read_from(c);
 }
 
-void ControlServer::accept_all() {
+void ControlServer::accept_all(const Listener& listener) {
   for (;;) {
-    Fd fd(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    Fd fd(::accept4(listener.fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!fd) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno != EAGAIN) log::warning("control socket: accept: ", std::strerror(errno));
       return;
     }
-    if (clients_.size() >= kMaxClients) {
+    // Counted per socket: clients of control-ro.sock cannot crowd out those of control.sock.
+    if (clients_of(listener) >= kMaxClients) {
       static constexpr char kBusy[] =
           "{\"version\":1,\"ok\":false,\"error\":{\"code\":\"busy\",\"message\":\"vpd has too "
           "many control connections open; try again\"}}\n";
@@ -73,6 +83,7 @@ void ControlServer::accept_all() {
     const int raw = fd.get();
     Client c;
     c.peer = peer_credentials(raw);
+    c.via = &listener;
     c.fd = std::move(fd);
     c.last_active = std::chrono::steady_clock::now();
     epoll_event ev{};
@@ -138,14 +149,25 @@ void ControlServer::process_lines(Client& c, bool at_eof) {
     c.in.erase(0, nl + 1 > c.in.size() ? c.in.size() : nl + 1);
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     auto request = control::decode_request(line);
-    control::Response response = !request ? control::error_response(request.error())
-                                 : request->op == control::op::kMonitor
-                                     ? subscribe(c)
-                                     : handler_(*request, c.peer);
-    c.out += control::encode(response);
+    c.out +=
+        control::encode(request ? answer(c, *request) : control::error_response(request.error()));
   }
   flush(c);
   (void)fd;
+}
+
+control::Response ControlServer::answer(Client& c, const control::Request& request) {
+  if (c.via->access == Access::kReadOnly && !control::op::is_read_only(request.op)) {
+    const std::string who = str("uid ", c.peer.uid, " pid ", c.peer.pid);
+    log::info(request.endpoint.empty() ? "vpctl" : request.endpoint, ": refused ", request.op,
+              " (permission) from ", who, ": it came through the read-only ", c.via->path);
+    return control::error_response(
+        {"permission", str(request.op, " is refused: this control socket (", c.via->path,
+                           ") is read-only; run vpctl as root or as a member of group vpd "
+                           "to create, change or destroy endpoints")});
+  }
+  if (request.op == control::op::kMonitor) return subscribe(c);
+  return handler_(request, c.peer);
 }
 
 void ControlServer::flush(Client& c) {
@@ -202,9 +224,17 @@ void ControlServer::sweep_idle() {
   for (int fd : idle) close_client(fd);
 }
 
-size_t ControlServer::subscribers() const {
+size_t ControlServer::subscribers(const Listener* via) const {
   size_t n = 0;
-  for (const auto& [fd, c] : clients_) n += c.subscribed && !c.closing ? 1 : 0;
+  for (const auto& [fd, c] : clients_) {
+    n += c.subscribed && !c.closing && (!via || c.via == via) ? 1 : 0;
+  }
+  return n;
+}
+
+size_t ControlServer::clients_of(const Listener& listener) const {
+  size_t n = 0;
+  for (const auto& [fd, c] : clients_) n += c.via == &listener ? 1 : 0;
   return n;
 }
 
@@ -213,7 +243,7 @@ control::Response ControlServer::subscribe(Client& c) {
     return control::error_response(
         {"bad-request", "this connection already receives events; send monitor once"});
   }
-  if (subscribers() >= kMaxSubscribers) {
+  if (subscribers(c.via) >= kMaxSubscribers) {
     return control::error_response({"busy", str("vpd already has ", kMaxSubscribers,
                                                 " monitors; stop one (or try again later)")});
   }

@@ -4,6 +4,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "control/protocol.hpp"
 #include "daemon/events.hpp"
@@ -22,23 +23,39 @@ namespace vp::daemon {
 /// not fit are counted, and once it has read enough for room again it gets one "lost" event
 /// with that count before the next ones, so it knows what it missed. Its memory stays bounded
 /// and vpd never waits for it.
+///
+/// It serves several listening sockets, each with its access: a client of a read-only one
+/// (control-ro.sock) is answered only the ops that change nothing (control::op::is_read_only);
+/// any other request is refused with code "permission" before it reaches the handler, so it
+/// changes nothing.
 class ControlServer {
  public:
   using Handler = std::function<control::Response(const control::Request&, const PeerCredentials&)>;
 
+  enum class Access { kFull, kReadOnly };
+  /// A listening, non-blocking Unix stream socket, the path it is bound to (for messages)
+  /// and what its clients may do.
+  struct Listener {
+    Fd fd;
+    std::string path;
+    Access access = Access::kFull;
+  };
+
+  /// Connections at once, per listening socket.
   static constexpr size_t kMaxClients = 256;
   static constexpr size_t kMaxPendingOutput = 4 * 1024 * 1024;
   static constexpr std::chrono::seconds kIdleTimeout{30};
-  /// Subscribers at once; a further `monitor` request is refused ("busy").
+  /// Subscribers at once, per listening socket; a further `monitor` request is refused
+  /// ("busy").
   static constexpr size_t kMaxSubscribers = 16;
   /// Unsent event bytes held for one subscriber (below kMaxPendingOutput, which closes).
   static constexpr size_t kMaxSubscriberBacklog = 1024 * 1024;
 
-  /// `listener` is a listening, non-blocking Unix stream socket. Registers it with `epoll_fd`.
-  ControlServer(Fd listener, int epoll_fd, Handler handler);
+  /// Registers every listener with `epoll_fd`.
+  ControlServer(std::vector<Listener> listeners, int epoll_fd, Handler handler);
 
-  /// True when `fd` is the listener or a client of this server.
-  bool owns(int fd) const { return fd == listener_.get() || clients_.contains(fd); }
+  /// True when `fd` is a listener or a client of this server.
+  bool owns(int fd) const { return listener_of(fd) != nullptr || clients_.contains(fd); }
   /// Handles readiness `events` (EPOLLIN, ...) on `fd`.
   void on_event(int fd, uint32_t events);
   /// Closes clients idle for longer than kIdleTimeout.
@@ -47,12 +64,14 @@ class ControlServer {
   void publish(const Event& event);
   /// Tells every subscriber that `count` events were lost before they reached this server.
   void publish_lost(uint64_t count);
-  size_t subscribers() const;
+  /// Subscribers of every socket (`via` null) or of one.
+  size_t subscribers(const Listener* via = nullptr) const;
 
  private:
   struct Client {
     Fd fd;
     PeerCredentials peer;
+    const Listener* via = nullptr;  // the socket it connected to
     std::string in;
     std::string out;
     bool closing = false;     // close once `out` is flushed
@@ -61,7 +80,12 @@ class ControlServer {
     std::chrono::steady_clock::time_point last_active;
   };
 
-  void accept_all();
+  const Listener* listener_of(int fd) const;
+  size_t clients_of(const Listener& listener) const;
+  void accept_all(const Listener& listener);
+  /// The answer to `request` from `c`: refused when `c` came through a read-only socket and
+  /// the op changes something.
+  control::Response answer(Client& c, const control::Request& request);
   void read_from(Client& c);
   void process_lines(Client& c, bool at_eof);
   void flush(Client& c);
@@ -74,7 +98,7 @@ class ControlServer {
   /// The "lost" event line for `c`'s missed events; resets its count.
   static std::string lost_line(Client& c);
 
-  Fd listener_;
+  std::vector<Listener> listeners_;
   int epoll_fd_;
   Handler handler_;
   std::map<int, Client> clients_;

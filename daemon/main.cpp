@@ -9,16 +9,21 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
+#include <sys/un.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstddef>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <string_view>
 #include <thread>
+#include <vector>
 
 #include "control/config_file.hpp"
 #include "control/state_file.hpp"
@@ -42,23 +47,85 @@ struct StoppingGuard {
   ~StoppingGuard() { sd_notify(0, "STOPPING=1"); }
 };
 
-/// The control socket: the one systemd passed (socket activation) or our own.
-Result<Fd> control_socket(const std::string& path, bool& activated) {
-  const int n = sd_listen_fds(1);
+/// The control sockets vpd serves: control.sock (full access) and control-ro.sock (read-only).
+struct ControlSockets {
+  std::vector<ControlServer::Listener> listeners;
+  std::vector<std::string> own;  // the paths vpd bound itself, removed when it stops
+  bool activated = false;        // systemd passed at least one of them
+};
+
+/// The path a listening Unix socket is bound to ("" when it has none).
+std::string bound_path(int fd) {
+  sockaddr_un addr{};
+  socklen_t len = sizeof addr;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0 ||
+      addr.sun_family != AF_UNIX || len <= offsetof(sockaddr_un, sun_path) ||
+      addr.sun_path[0] == '\0') {
+    return "";
+  }
+  return std::string(addr.sun_path, strnlen(addr.sun_path, sizeof addr.sun_path));
+}
+
+/// The control sockets: those systemd passed (socket activation), then our own for each it
+/// did not pass. A passed socket is read-only when its FileDescriptorName= is "control-ro"
+/// or its file is named control-ro.sock; either is enough, so that a read-only socket is
+/// never served with full access by mistake. Our own sockets are mode 0660 with group vpd
+/// (control.sock) or vpd-ro (control-ro.sock) when that group exists, else root only.
+Result<ControlSockets> control_sockets(const std::string& runtime_dir) {
+  using Access = ControlServer::Access;
+  ControlSockets out;
+  char** names = nullptr;
+  const int n = sd_listen_fds_with_names(1, &names);
   for (int i = 0; i < n; ++i) {
     const int fd = SD_LISTEN_FDS_START + i;
-    if (sd_is_socket_unix(fd, SOCK_STREAM, 1, nullptr, 0) > 0) {
-      activated = true;
-      const int flags = ::fcntl(fd, F_GETFL);
-      ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
-      return Fd(fd);
+    const std::string name = names && names[i] ? names[i] : "";
+    if (sd_is_socket_unix(fd, SOCK_STREAM, 1, nullptr, 0) <= 0) continue;
+    std::string path = bound_path(fd);
+    const bool read_only = name == "control-ro" || path == control::kReadOnlySocketName ||
+                           std::string_view(path).ends_with(str("/", control::kReadOnlySocketName));
+    const Access access = read_only ? Access::kReadOnly : Access::kFull;
+    const bool taken = std::any_of(out.listeners.begin(), out.listeners.end(),
+                                   [&](const auto& l) { return l.access == access; });
+    if (taken) {
+      log::warning("systemd passed a second ", read_only ? "read-only " : "", "control socket (",
+                   path.empty() ? name : path, "); vpd serves only the first");
+      continue;
     }
+    const int flags = ::fcntl(fd, F_GETFL);
+    ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+    out.activated = true;
+    out.listeners.push_back({Fd(fd), path.empty() ? name : std::move(path), access});
   }
-  activated = false;
-  // Group vpd may use the socket when that group exists; otherwise root only.
-  const group* g = ::getgrnam("vpd");
-  if (g) return listen_unix(path, 0660, g->gr_gid);
-  return listen_unix(path, 0600);
+  if (names) {
+    for (int i = 0; i < n; ++i) std::free(names[i]);
+    std::free(names);
+  }
+  struct Own {
+    Access access;
+    std::string_view file;
+    const char* group;
+  };
+  for (const Own& own : {Own{Access::kFull, control::kSocketName, "vpd"},
+                         Own{Access::kReadOnly, control::kReadOnlySocketName, "vpd-ro"}}) {
+    const bool passed = std::any_of(out.listeners.begin(), out.listeners.end(),
+                                    [&](const auto& l) { return l.access == own.access; });
+    if (passed) continue;
+    const std::string path = str(runtime_dir, "/", own.file);
+    const group* g = ::getgrnam(own.group);
+    if (!g && own.access == Access::kReadOnly) {
+      log::notice("group vpd-ro does not exist, so the read-only control socket ", path,
+                  " is for root only (mode 0600); add the group (groupadd --system vpd-ro) and "
+                  "restart vpd to let its members list and watch endpoints");
+    }
+    auto fd = g ? listen_unix(path, 0660, g->gr_gid) : listen_unix(path, 0600);
+    if (!fd) {
+      for (const auto& made : out.own) ::unlink(made.c_str());  // no socket left half made
+      return fail(fd.error().code, str(own.file, ": ", fd.error().message));
+    }
+    out.own.push_back(path);
+    out.listeners.push_back({std::move(*fd), path, own.access});
+  }
+  return out;
 }
 
 /// Reads and checks every declaration: the config file, then the command line.
@@ -187,13 +254,18 @@ class ControlLoop {
         epoll_(::epoll_create1(EPOLL_CLOEXEC)),
         sigfd_(::signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC)) {}
 
-  /// Serves until a stop signal (0) or a failure (1). `listener` is the control socket.
-  int run(Fd listener, bool activated) {
+  /// Serves until a stop signal (0) or a failure (1) on the control sockets.
+  int run(ControlSockets sockets) {
     if (!epoll_ || !sigfd_) {
       log::error("control loop: ", std::strerror(errno));
       return 1;
     }
-    ControlServer server(std::move(listener), epoll_.get(),
+    std::string read_only;
+    for (const auto& l : sockets.listeners) {
+      if (l.access == ControlServer::Access::kReadOnly) read_only = l.path;
+    }
+    const bool activated = sockets.activated;
+    ControlServer server(std::move(sockets.listeners), epoll_.get(),
                          [&](const control::Request& request, const PeerCredentials& peer) {
                            return handle(request, peer);
                          });
@@ -212,8 +284,8 @@ class ControlLoop {
                    "; changes made behind vpd's back go unnoticed");
     }
     log::notice("vpd ", kVersion, " ready: ", registry_.size(), " endpoint",
-                registry_.size() == 1 ? "" : "s", ", control socket ", socket_path_,
-                activated ? " (from systemd)" : "");
+                registry_.size() == 1 ? "" : "s", ", control socket ", socket_path_, ", read-only ",
+                read_only, activated ? " (from systemd)" : "");
     sd_notify(0, str("READY=1\n", status_line(registry_, socket_path_)).c_str());
     if (watchdog_) pet_watchdog();
 
@@ -332,9 +404,9 @@ class ControlLoop {
 
 /// A control socket vpd made itself goes when vpd goes; systemd's stays with systemd.
 struct UnlinkOnExit {
-  std::string path;
+  std::vector<std::string> paths;
   ~UnlinkOnExit() {
-    if (!path.empty()) ::unlink(path.c_str());
+    for (const auto& path : paths) ::unlink(path.c_str());
   }
 };
 
@@ -384,16 +456,18 @@ int run(const Options& o) {
   registry.restore(*state);
   registry.apply_declarations(*declarations);
 
-  const std::string socket_path = o.runtime_dir + "/control.sock";
-  bool activated = false;
-  auto listener = control_socket(socket_path, activated);
-  if (!listener) {
-    log::error("control socket: ", listener.error().message);
+  auto sockets = control_sockets(o.runtime_dir);
+  if (!sockets) {
+    log::error("control socket ", sockets.error().message);
     return 1;
   }
-  UnlinkOnExit unlink_socket{activated ? std::string() : socket_path};
+  UnlinkOnExit unlink_sockets{sockets->own};
+  std::string socket_path = str(o.runtime_dir, "/", control::kSocketName);
+  for (const auto& l : sockets->listeners) {
+    if (l.access == ControlServer::Access::kFull) socket_path = l.path;
+  }
   ControlLoop loop(o, signals, registry, dataplane, events, socket_path);
-  return loop.run(std::move(*listener), activated);
+  return loop.run(std::move(*sockets));
 }
 
 }  // namespace

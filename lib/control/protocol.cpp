@@ -26,6 +26,10 @@ Result<json> parse_object(std::string_view line, std::string_view what, const ch
 
 }  // namespace
 
+bool op::is_read_only(std::string_view name) {
+  return name == kHello || name == kList || name == kShow || name == kMonitor;
+}
+
 std::string encode(const Request& r) {
   json j{{"version", r.version}, {"op", r.op}};
   if (!r.endpoint.empty()) j["endpoint"] = r.endpoint;

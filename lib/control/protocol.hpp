@@ -23,7 +23,18 @@ inline constexpr std::string_view kSet = "set";
 inline constexpr std::string_view kDestroy = "destroy";
 /// Turns the connection into a subscription: one response, then one event line each.
 inline constexpr std::string_view kMonitor = "monitor";
+
+/// True for the ops that change nothing (hello, list, show, monitor): the only ones a
+/// read-only control socket answers. An op not known here counts as a change, so a new op
+/// is refused on a read-only socket until it is added.
+bool is_read_only(std::string_view name);
 }  // namespace op
+
+/// The file name of the read-only control socket, beside control.sock in the runtime
+/// directory.
+inline constexpr std::string_view kReadOnlySocketName = "control-ro.sock";
+/// The file name of the control socket.
+inline constexpr std::string_view kSocketName = "control.sock";
 
 /// One request: a JSON object on one line.
 ///   {"version":1,"op":"set","endpoint":"vp0","args":["mtu=9000","up"]}
@@ -51,7 +62,7 @@ struct Response {
 /// The request as one line of JSON, newline included.
 std::string encode(const Request& request);
 /// Codes: bad-request (not JSON, not an object, wrong field types, unknown op),
-/// unsupported-version.
+/// unsupported-version. (A request refused by a read-only socket has code "permission".)
 Result<Request> decode_request(std::string_view line);
 
 std::string encode(const Response& response);

@@ -53,11 +53,11 @@ echo "sources: $units_src"
 unit_value() { sed -n "s/^$2=//p" "$1" | tail -n 1; }
 
 # ---------------------------------------------------------------------------
-section "systemd-analyze verify on vpd.service and vpd.socket"
+section "systemd-analyze verify on vpd.service, vpd.socket and vpd-ro.socket"
 
 units=$tmp/units
 mkdir -p "$units"
-cp "$units_src/vpd.service" "$units_src/vpd.socket" "$units/"
+cp "$units_src/vpd.service" "$units_src/vpd.socket" "$units_src/vpd-ro.socket" "$units/"
 # Run the built binary instead of the installed one.
 sed -i "s|/usr/sbin/vpd|$vpd_bin|g" "$units/vpd.service"
 if grep -qx "ExecStart=$vpd_bin" "$units/vpd.service"; then
@@ -91,7 +91,7 @@ verify_units() {
   [[ $rc -eq 0 && -z $ours ]]
 }
 
-if verify_units "$units/vpd.socket" "$units/vpd.service"; then
+if verify_units "$units/vpd.socket" "$units/vpd-ro.socket" "$units/vpd.service"; then
   pass "systemd-analyze verify: no warnings or errors about vpd units"
 else
   fail "systemd-analyze verify reported problems in vpd units"
@@ -101,9 +101,9 @@ fi
 # check proves nothing.
 broken=$tmp/broken
 mkdir -p "$broken"
-cp "$units/vpd.service" "$units/vpd.socket" "$broken/"
+cp "$units/vpd.service" "$units/vpd.socket" "$units/vpd-ro.socket" "$broken/"
 sed -i 's/^Type=notify$/Type=notify\nNoSuchSetting=1/' "$broken/vpd.service"
-if verify_units "$broken/vpd.socket" "$broken/vpd.service" >/dev/null; then
+if verify_units "$broken/vpd.socket" "$broken/vpd-ro.socket" "$broken/vpd.service" >/dev/null; then
   fail "negative control: verify accepted a vpd.service with an unknown setting"
 else
   pass "negative control: an unknown setting in vpd.service is reported"
@@ -114,6 +114,7 @@ section "unit settings that must not drift"
 
 service=$units_src/vpd.service
 socket=$units_src/vpd.socket
+ro_socket=$units_src/vpd-ro.socket
 tmpfiles=$units_src/vpd.tmpfiles
 
 expect_setting() { # FILE KEY VALUE
@@ -136,6 +137,14 @@ expect_setting "$service" RestrictAddressFamilies "AF_UNIX AF_NETLINK"
 expect_setting "$socket" ListenStream /run/vpd/control.sock
 expect_setting "$socket" SocketMode 0660
 expect_setting "$socket" SocketGroup vpd
+# vpd tells the full and the read-only control socket apart by these names.
+expect_setting "$socket" FileDescriptorName control
+expect_setting "$ro_socket" ListenStream /run/vpd/control-ro.sock
+expect_setting "$ro_socket" FileDescriptorName control-ro
+expect_setting "$ro_socket" SocketMode 0660
+expect_setting "$ro_socket" SocketGroup vpd-ro
+expect_setting "$ro_socket" Service vpd.service
+expect_setting "$service" Sockets "vpd.socket vpd-ro.socket"
 
 # These would hide /dev/net/tun, isolate the TAPs in a private network
 # namespace, or take CAP_NET_ADMIN away from the init user namespace.
@@ -164,6 +173,7 @@ expect_same_mode() { # WHAT UNIT_MODE TMPFILES_PATH
 expect_same_mode "vpd.service RuntimeDirectoryMode" "$(unit_value "$service" RuntimeDirectoryMode)" /run/vpd
 expect_same_mode "vpd.service StateDirectoryMode" "$(unit_value "$service" StateDirectoryMode)" /var/lib/vpd
 expect_same_mode "vpd.socket DirectoryMode" "$(unit_value "$socket" DirectoryMode)" /run/vpd
+expect_same_mode "vpd-ro.socket DirectoryMode" "$(unit_value "$ro_socket" DirectoryMode)" /run/vpd
 # ConfigurationDirectoryMode= defaults to 0755 (systemd only warns about it).
 config_mode=$(unit_value "$service" ConfigurationDirectoryMode)
 expect_same_mode "vpd.service ConfigurationDirectoryMode" "${config_mode:-0755}" /etc/vpd
@@ -199,6 +209,12 @@ if [[ $gid =~ ^[0-9]+$ && $gid -gt 0 && $gid -lt 1000 ]]; then
   pass "group vpd created in $root/etc/group with system gid $gid"
 else
   fail "no system group vpd in $root/etc/group (got '$group_line')"
+fi
+ro_gid=$(grep '^vpd-ro:' "$root/etc/group" 2>/dev/null | cut -d: -f3)
+if [[ $ro_gid =~ ^[0-9]+$ && $ro_gid -gt 0 && $ro_gid -lt 1000 && $ro_gid != "$gid" ]]; then
+  pass "group vpd-ro created in $root/etc/group with system gid $ro_gid"
+else
+  fail "no system group vpd-ro of its own in $root/etc/group (got '$ro_gid')"
 fi
 if grep -q '^vpd:' "$root/etc/passwd" 2>/dev/null; then
   fail "sysusers also created a user vpd; only the group is wanted"
@@ -353,7 +369,7 @@ expect_setting "$metrics_service" ExecStart "/usr/bin/vpctl metrics --http"
 expect_setting "$metrics_service" StandardInput socket
 expect_setting "$metrics_service" StandardOutput socket
 expect_setting "$metrics_service" DynamicUser yes
-expect_setting "$metrics_service" SupplementaryGroups vpd
+expect_setting "$metrics_service" SupplementaryGroups vpd-ro
 # A scrape needs no privilege: the unit must stay "SAFE" (systemd-analyze's own scale:
 # below 2.0).
 if systemd-analyze security --help 2>&1 | grep -q -- '--offline'; then

@@ -61,6 +61,9 @@ netns=vpd-package-test
 group_existed=0
 getent group vpd >/dev/null && group_existed=1
 [[ -f $out/group-created-by-package-test ]] && group_existed=0
+ro_group_existed=0
+getent group vpd-ro >/dev/null && ro_group_existed=1
+[[ -f $out/ro-group-created-by-package-test ]] && ro_group_existed=0
 
 # dpkg refuses to run while apt or another dpkg holds its lock; wait for it.
 dpkg_locked() {
@@ -94,7 +97,10 @@ cleanup() {
   if [[ $group_existed -eq 0 ]] && getent group vpd >/dev/null; then
     groupdel vpd 2>/dev/null
   fi
-  rm -f "$out/group-created-by-package-test"
+  if [[ $ro_group_existed -eq 0 ]] && getent group vpd-ro >/dev/null; then
+    groupdel vpd-ro 2>/dev/null
+  fi
+  rm -f "$out/group-created-by-package-test" "$out/ro-group-created-by-package-test"
   rm -rf -- "$tmp"
 }
 trap cleanup EXIT
@@ -156,6 +162,7 @@ section "dpkg -i"
 if out_i=$(dpkg_locked dpkg -i "$deb"); then
   touch "$marker"
   [[ $group_existed -eq 0 ]] && touch "$out/group-created-by-package-test"
+  [[ $ro_group_existed -eq 0 ]] && touch "$out/ro-group-created-by-package-test"
   pass "dpkg -i $(basename "$deb")"
 else
   fail "dpkg -i failed"
@@ -166,8 +173,9 @@ indent '|' <<<"$out_i"
 
 dpkg -L vpd | sort >"$tmp/files"
 for f in /usr/sbin/vpd /usr/bin/vpctl /lib/systemd/system/vpd.service \
-  /lib/systemd/system/vpd.socket /lib/systemd/system/vpd-metrics.socket \
-  /lib/systemd/system/vpd-metrics@.service /usr/lib/sysusers.d/vpd.conf /usr/lib/tmpfiles.d/vpd.conf \
+  /lib/systemd/system/vpd.socket /lib/systemd/system/vpd-ro.socket \
+  /lib/systemd/system/vpd-metrics.socket /lib/systemd/system/vpd-metrics@.service \
+  /usr/lib/sysusers.d/vpd.conf /usr/lib/tmpfiles.d/vpd.conf \
   /etc/vpd/vpd.conf /usr/share/man/man8/vpd.8.gz /usr/share/man/man8/vpctl.8.gz \
   /usr/share/man/man5/vpd.conf.5.gz /usr/share/bash-completion/completions/vpctl \
   /usr/share/doc/vpd/copyright; do
@@ -198,6 +206,12 @@ if [[ $gid =~ ^[0-9]+$ && $gid -gt 0 && $gid -lt 1000 ]]; then
 else
   fail "no system group vpd (got '$gid')"
 fi
+ro_gid=$(getent group vpd-ro | cut -d: -f3)
+if [[ $ro_gid =~ ^[0-9]+$ && $ro_gid -gt 0 && $ro_gid -lt 1000 && $ro_gid != "$gid" ]]; then
+  pass "group vpd-ro exists with system gid $ro_gid"
+else
+  fail "no system group vpd-ro of its own (got '$ro_gid')"
+fi
 if getent passwd vpd >/dev/null; then
   fail "a user vpd exists; the package only wants the group"
 else
@@ -215,10 +229,11 @@ expect_dir() { # PATH MODE
 expect_dir /run/vpd 711
 expect_dir /var/lib/vpd 700
 expect_dir /etc/vpd 755
-enabled=$(find /etc/systemd/system -name 'vpd.*' 2>/dev/null | sort)
+enabled=$(find /etc/systemd/system -name 'vpd.*' -o -name 'vpd-ro.*' 2>/dev/null | sort)
 if grep -q 'multi-user.target.wants/vpd.service' <<<"$enabled" &&
-  grep -q 'sockets.target.wants/vpd.socket' <<<"$enabled"; then
-  pass "vpd.service and vpd.socket are enabled (symlinks in /etc/systemd/system)"
+  grep -q 'sockets.target.wants/vpd.socket' <<<"$enabled" &&
+  grep -q 'sockets.target.wants/vpd-ro.socket' <<<"$enabled"; then
+  pass "vpd.service, vpd.socket and vpd-ro.socket are enabled (symlinks in /etc/systemd/system)"
 else
   fail "units not enabled: '$enabled'"
 fi
@@ -244,7 +259,8 @@ if got=$(/usr/sbin/vpd --check-config --config /etc/vpd/vpd.conf \
 else
   fail "vpd --check-config rejects /etc/vpd/vpd.conf: $got"
 fi
-if systemd-analyze verify --man=no /lib/systemd/system/vpd.socket /lib/systemd/system/vpd.service \
+if systemd-analyze verify --man=no /lib/systemd/system/vpd.socket \
+  /lib/systemd/system/vpd-ro.socket /lib/systemd/system/vpd.service \
   /lib/systemd/system/vpd-metrics.socket /lib/systemd/system/vpd-metrics@.service \
   >"$tmp/verify" 2>&1 && ! grep -qi vpd "$tmp/verify"; then
   pass "systemd-analyze verify on the installed units"
@@ -312,6 +328,16 @@ sock=$(stat -c '%a %G' "$run/vp0.sock" 2>/dev/null)
 [[ $sock == "660 vpd" ]] && pass "bind socket vp0.sock is 0660 group vpd" ||
   fail "bind socket vp0.sock: '$sock', want '660 vpd'"
 vpctl_ vp1 create >/dev/null 2>&1 || fail "vpctl vp1 create"
+# The read-only control socket: group vpd-ro (created above), changes refused.
+sock=$(stat -c '%a %U:%G' "$run/control-ro.sock" 2>/dev/null)
+[[ $sock == "660 root:vpd-ro" ]] && pass "control-ro.sock is 0660 root:vpd-ro" ||
+  fail "control-ro.sock: '$sock', want '660 root:vpd-ro'"
+got=$(/usr/bin/vpctl --socket "$run/control-ro.sock" vp1 destroy 2>&1)
+if [[ $? -eq 1 && $got == *"(permission)"* ]] && vpctl_ vp1 >/dev/null 2>&1; then
+  pass "control-ro.sock refuses vpctl vp1 destroy, and vp1 stays"
+else
+  fail "vpctl vp1 destroy through control-ro.sock: '$got'"
+fi
 if grep -q 'SCHED_FIFO priority 5' "$tmp/vpd.log"; then
   pass "priority=5 put the data-path worker in SCHED_FIFO"
 else
@@ -444,14 +470,14 @@ for d in /etc/vpd /var/lib/vpd /run/vpd /usr/share/doc/vpd; do
   [[ -e $d ]] && left+=("$d")
 done
 while read -r f; do left+=("$f"); done < <(find /etc/systemd/system /var/lib/systemd/deb-systemd-helper-enabled \
-  -name 'vpd.*' 2>/dev/null)
+  -name 'vpd.*' -o -name 'vpd-ro.*' 2>/dev/null)
 if [[ ${#left[@]} -eq 0 ]]; then
   pass "nothing of the package is left (files, /etc/vpd, /var/lib/vpd, /run/vpd, unit symlinks)"
 else
   fail "left behind after purge: ${left[*]}"
 fi
-if getent group vpd >/dev/null; then
-  pass "group vpd is kept on purge, as Debian keeps system groups (the test removes it)"
+if getent group vpd >/dev/null && getent group vpd-ro >/dev/null; then
+  pass "groups vpd and vpd-ro are kept on purge, as Debian keeps system groups (the test removes them)"
 fi
 
 echo

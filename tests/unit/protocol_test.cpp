@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "unit_expect.hpp"
 
@@ -38,6 +40,37 @@ TEST(Request, every_op_round_trips) {
     ASSERT_TRUE(succeeded(back)) << name;
     EXPECT_EQ(*back, r) << name;
   }
+}
+
+// What a read-only control socket (control-ro.sock) answers: the ops that change nothing.
+TEST(ReadOnlyOps, hello_list_show_and_monitor_are_read_only) {
+  for (std::string_view name : {op::kHello, op::kList, op::kShow, op::kMonitor}) {
+    EXPECT_TRUE(op::is_read_only(name)) << name;
+  }
+}
+
+TEST(ReadOnlyOps, create_set_destroy_and_unknown_ops_are_not) {
+  for (std::string_view name : {op::kCreate, op::kSet, op::kDestroy}) {
+    EXPECT_FALSE(op::is_read_only(name)) << name;
+  }
+  // An op this build does not know (a newer vpctl's) counts as a change.
+  for (std::string_view name : {"reload", "", "LIST", "list "}) {
+    EXPECT_FALSE(op::is_read_only(name)) << '"' << name << '"';
+  }
+}
+
+TEST(ReadOnlyOps, every_known_op_is_classified_as_documented) {
+  // decode_request knows exactly these; each is either read-only or a change.
+  const std::vector<std::pair<std::string_view, bool>> all{
+      {op::kHello, true},   {op::kList, true}, {op::kShow, true},    {op::kMonitor, true},
+      {op::kCreate, false}, {op::kSet, false}, {op::kDestroy, false}};
+  for (const auto& [name, read_only] : all) {
+    ASSERT_TRUE(succeeded(decode_request(encode(Request{1, std::string(name), "vp0", {}}))))
+        << name;
+    EXPECT_EQ(op::is_read_only(name), read_only) << name;
+  }
+  auto unknown = decode_request(R"({"version":1,"op":"reload"})");
+  EXPECT_TRUE(fails_with(unknown, "bad-request"));
 }
 
 TEST(Request, args_with_quotes_and_unicode_round_trip) {
