@@ -321,6 +321,7 @@ void VhostUserPort::close_session(std::string_view why) {
   stall_interest_.clear();
   stall_timer_.reset();
   stall_armed_ = false;
+  stall_timer_failed_ = false;
   log::notice(name(), ": frontend session ended (", why, ")");
 }
 
@@ -334,8 +335,11 @@ void VhostUserPort::watch_stall() {
   if (!stall_timer_) {
     stall_timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
     if (!stall_timer_) {
-      log::error(name(), ": a stalled front-end message cannot be timed: timerfd_create: ",
-                 std::strerror(errno));
+      if (!stall_timer_failed_) {
+        log::error(name(), ": a stalled front-end message cannot be timed: timerfd_create: ",
+                   std::strerror(errno));
+      }
+      stall_timer_failed_ = true;  // said once per session
       return;
     }
     stall_interest_ = Interest(epoll(), stall_timer_.get(), tag(EventKind::kStallTimer));

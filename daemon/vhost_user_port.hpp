@@ -143,7 +143,8 @@ class VhostUserPort final : public Port, public vhost::Device {
   Fd stall_timer_;
   Interest stall_interest_;
   bool stall_armed_ = false;
-  uint64_t stall_message_ = 0;  // backend_->messages_read() when armed: the message timed
+  bool stall_timer_failed_ = false;  // timerfd_create failed in this session (logged)
+  uint64_t stall_message_ = 0;       // backend_->messages_read() when armed: the message timed
 };
 
 }  // namespace vp::daemon
