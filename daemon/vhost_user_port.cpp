@@ -360,8 +360,10 @@ void VhostUserPort::disarm_stall() {
 }
 
 void VhostUserPort::on_stall_timer() {
+  // Nothing to read: re-armed (or closed) since it fired, e.g. for a message that began in
+  // the same wake-up; that one has its own deadline.
   uint64_t expirations = 0;
-  (void)!::read(stall_timer_.get(), &expirations, sizeof expirations);
+  if (::read(stall_timer_.get(), &expirations, sizeof expirations) != sizeof expirations) return;
   if (!stall_armed_) return;  // disarmed after it fired
   stall_armed_ = false;
   if (!backend_ || !backend_->mid_message()) return;
