@@ -101,6 +101,7 @@ void ControlServer::read_from(Client& c) {
     const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
     if (n > 0) {
       c.last_active = std::chrono::steady_clock::now();
+      if (c.in.empty()) c.line_started = c.last_active;
       if (!c.closing) c.in.append(buf, static_cast<size_t>(n));
       process_lines(c, false);
       if (!clients_.contains(fd)) return;
@@ -147,6 +148,8 @@ void ControlServer::process_lines(Client& c, bool at_eof) {
     }
     std::string line = c.in.substr(0, nl);
     c.in.erase(0, nl + 1 > c.in.size() ? c.in.size() : nl + 1);
+    // What follows the newline begins the next line: it came with the bytes just read.
+    c.line_started = c.last_active;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     auto request = control::decode_request(line);
     c.out +=
@@ -217,11 +220,31 @@ void ControlServer::close_client(int fd) {
 void ControlServer::sweep_idle() {
   const auto now = std::chrono::steady_clock::now();
   std::vector<int> idle;
+  std::vector<int> stalled;
   for (const auto& [fd, c] : clients_) {
+    if (!c.closing && !c.in.empty() && now - c.line_started > kPartialLineTimeout) {
+      stalled.push_back(fd);
+      continue;
+    }
     // A subscriber waits for events, however long: it is not idle.
     if (!c.subscribed && now - c.last_active > kIdleTimeout) idle.push_back(fd);
   }
   for (int fd : idle) close_client(fd);
+  for (int fd : stalled) {
+    auto it = clients_.find(fd);
+    if (it == clients_.end()) continue;
+    Client& c = it->second;
+    log::info("control socket: closing a client (pid ", c.peer.pid, ") whose request stayed ",
+              "without its newline for ", kPartialLineTimeout.count(), " s");
+    c.in.clear();
+    c.out += control::encode(control::error_response(
+        {"request-timeout",
+         str("the request line stayed incomplete for ", kPartialLineTimeout.count(),
+             " s; vpd closed the connection (end each request with a "
+             "newline, and send it whole)")}));
+    c.closing = true;
+    flush(c);  // closes it once the answer is out (or at once if it cannot be sent)
+  }
 }
 
 size_t ControlServer::subscribers(const Listener* via) const {

@@ -45,6 +45,9 @@ class ControlServer {
   static constexpr size_t kMaxClients = 256;
   static constexpr size_t kMaxPendingOutput = 4 * 1024 * 1024;
   static constexpr std::chrono::seconds kIdleTimeout{30};
+  /// How long a request line may stay without its newline, however slowly its bytes come:
+  /// a client trickling a byte now and then is never idle, yet must not hold a connection.
+  static constexpr std::chrono::seconds kPartialLineTimeout{30};
   /// Subscribers at once, per listening socket; a further `monitor` request is refused
   /// ("busy").
   static constexpr size_t kMaxSubscribers = 16;
@@ -58,7 +61,8 @@ class ControlServer {
   bool owns(int fd) const { return listener_of(fd) != nullptr || clients_.contains(fd); }
   /// Handles readiness `events` (EPOLLIN, ...) on `fd`.
   void on_event(int fd, uint32_t events);
-  /// Closes clients idle for longer than kIdleTimeout.
+  /// Closes clients idle for longer than kIdleTimeout, and those whose request line has been
+  /// incomplete for longer than kPartialLineTimeout (told so first).
   void sweep_idle();
   /// Writes `event` to every subscriber (control thread).
   void publish(const Event& event);
@@ -78,6 +82,7 @@ class ControlServer {
     bool subscribed = false;  // a `monitor` request made it a subscriber
     uint64_t lost = 0;        // events that did not fit its backlog, not yet reported
     std::chrono::steady_clock::time_point last_active;
+    std::chrono::steady_clock::time_point line_started;  // the first byte of `in` came
   };
 
   const Listener* listener_of(int fd) const;

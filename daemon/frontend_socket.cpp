@@ -35,7 +35,10 @@ void FrontendSocket::publish_refusal(const PeerCredentials& peer, std::string_vi
                     {"peer", {{"pid", peer.pid}, {"uid", peer.uid}, {"gid", peer.gid}}}});
 }
 
-void FrontendSocket::open(int epoll, Fd listener, uint64_t listener_tag, uint64_t redial_tag) {
+void FrontendSocket::open(int epoll, Fd listener, uint64_t listener_tag, uint64_t redial_tag,
+                          uint64_t summary_tag) {
+  epoll_ = epoll;
+  summary_tag_ = summary_tag;
   listener_ = std::move(listener);
   if (listener_) {
     listener_interest_ = Interest(epoll, listener_.get(), listener_tag);
@@ -57,7 +60,7 @@ bool FrontendSocket::admit(const PeerCredentials& peer) {
   ++refused_peers_;
   const std::string why = str("refused a ", what_, " on ", config_.bind, " (uid ", peer.uid,
                               " gid ", peer.gid, " pid ", peer.pid, "): not in allow=");
-  log::warning(config_.name, ": ", why);
+  log_refusal(why);
   publish_refusal(peer, "allow", why);
   return false;
 }
@@ -72,7 +75,7 @@ bool FrontendSocket::accept(bool busy) {
       // One session at a time: a second frontend would fight the first over the endpoint.
       const std::string why = str("refused a second ", what_, " on ", config_.bind, " (uid ",
                                   peer.uid, " pid ", peer.pid, "): one is connected");
-      log::warning(config_.name, ": ", why);
+      log_refusal(why);
       publish_refusal(peer, "busy", why);
       continue;
     }
@@ -85,6 +88,50 @@ bool FrontendSocket::accept(bool busy) {
                 describe_process(who), ")");
     busy = true;
     connected_(std::move(conn), std::move(who));
+  }
+}
+
+void FrontendSocket::log_refusal(const std::string& why) {
+  const LogLimiter::Decision d = refusal_log_.admit(LogLimiter::Clock::now());
+  if (d.summary > 0) log_summary(d.summary);
+  if (d.log) {
+    log::warning(config_.name, ": ", why);
+    return;
+  }
+  // Held back: the summary goes out when the interval ends, even if no refusal follows.
+  if (!summary_timer_) {
+    summary_timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    if (!summary_timer_) return;  // the summary then comes with the next refusal
+    summary_interest_ = Interest(epoll_, summary_timer_.get(), summary_tag_);
+    summary_interest_.set(EPOLLIN);
+  }
+  const auto due = refusal_log_.summary_due();
+  if (!due) return;
+  const auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(
+      std::max(*due - LogLimiter::Clock::now(), LogLimiter::Clock::duration(1)));
+  itimerspec t{};
+  t.it_value.tv_sec = static_cast<time_t>(wait.count() / 1'000'000'000);
+  t.it_value.tv_nsec = static_cast<long>(wait.count() % 1'000'000'000);
+  ::timerfd_settime(summary_timer_.get(), 0, &t, nullptr);
+}
+
+void FrontendSocket::log_summary(uint64_t held) {
+  const auto seconds =
+      std::chrono::duration_cast<std::chrono::seconds>(refusal_log_.interval()).count();
+  log::warning(config_.name, ": ", held, " more refused connection", held == 1 ? "" : "s", " on ",
+               config_.name, " in the last ", seconds, " s (not logged one by one)");
+}
+
+void FrontendSocket::on_summary_timer() {
+  uint64_t expirations = 0;
+  (void)!::read(summary_timer_.get(), &expirations, sizeof expirations);
+  if (const uint64_t held = refusal_log_.take_summary(LogLimiter::Clock::now()); held > 0) {
+    log_summary(held);
+  }
+  // Made again by the next flood: an endpoint nobody floods holds no fd for it.
+  if (!refusal_log_.summary_due()) {
+    summary_interest_.clear();
+    summary_timer_.reset();
   }
 }
 

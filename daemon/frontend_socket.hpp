@@ -4,11 +4,13 @@
 // listens on (allow= admission, one session at a time) and the peer= socket it dials, with a
 // redial timer backing off from 100 ms to 5 s while the VMM is absent.
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <string_view>
 
 #include "control/endpoint.hpp"
+#include "daemon/log_limiter.hpp"
 #include "daemon/worker.hpp"
 #include "sys/fd.hpp"
 #include "sys/unix_socket.hpp"
@@ -22,6 +24,12 @@ std::string describe_process(const PeerProcess& who);
 
 class FrontendSocket {
  public:
+  /// Refused connections logged one by one per interval; the rest of the interval are
+  /// counted and logged as one line when it ends (a local process looping connect() must
+  /// not flood the journal). The refused_peers counter and the events count every one.
+  static constexpr uint32_t kRefusalLogBurst = 5;
+  static constexpr std::chrono::seconds kRefusalLogInterval{10};
+
   /// `connected(conn, who)` starts a session on a connection that may be served (accepted or
   /// dialled); `who` is the process at the other end, read once as it connects. `config` and
   /// `connected` must outlive this object; `what` names the frontend in log lines
@@ -33,8 +41,9 @@ class FrontendSocket {
   FrontendSocket& operator=(const FrontendSocket&) = delete;
 
   /// Watches `listener` (bind=, may be invalid) and, with peer=, creates the redial timer.
-  /// The epoll tags are the owner's kListener and kRedial events.
-  void open(int epoll, Fd listener, uint64_t listener_tag, uint64_t redial_tag);
+  /// The epoll tags are the owner's kListener, kRedial and kRefusalSummary events.
+  void open(int epoll, Fd listener, uint64_t listener_tag, uint64_t redial_tag,
+            uint64_t summary_tag);
 
   /// Accepts every connection waiting on the bind socket: the first that may be served
   /// while no session runs (`busy` false) is started, the others are refused and logged.
@@ -44,6 +53,8 @@ class FrontendSocket {
   void dial();
   /// The redial timer fired: dials again unless a session runs by now.
   void on_redial_timer(bool busy);
+  /// The refusal summary timer fired: logs how many refusals were not logged one by one.
+  void on_summary_timer();
 
   bool listening() const { return listener_.valid(); }
   bool dials() const { return redial_.valid(); }
@@ -55,6 +66,9 @@ class FrontendSocket {
   /// allow=: true if the peer on a bind socket may be served; otherwise logs and counts it.
   bool admit(const PeerCredentials& peer);
   void arm_redial();
+  /// Logs a refusal unless the limiter holds it back (then the summary timer is armed).
+  void log_refusal(const std::string& why);
+  void log_summary(uint64_t held);
   /// Publishes a frontend-refused event: `reason` "allow" or "busy".
   void publish_refusal(const PeerCredentials& peer, std::string_view reason, std::string message);
 
@@ -68,6 +82,11 @@ class FrontendSocket {
   Interest redial_interest_;
   int backoff_ms_ = 0;
   uint64_t refused_peers_ = 0;
+  LogLimiter refusal_log_{kRefusalLogBurst, kRefusalLogInterval};
+  int epoll_ = -1;
+  uint64_t summary_tag_ = 0;
+  Fd summary_timer_;  // made when a refusal is held back, closed once the summary is out
+  Interest summary_interest_;
 };
 
 }  // namespace vp::daemon

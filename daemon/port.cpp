@@ -59,7 +59,8 @@ Port::Port(Worker& worker, uint32_t id, control::EndpointConfig config,
 Port::~Port() { worker_.forget_pending(this); }
 
 void Port::open_frontend(Fd listener) {
-  frontend_.open(epoll(), std::move(listener), tag(EventKind::kListener), tag(EventKind::kRedial));
+  frontend_.open(epoll(), std::move(listener), tag(EventKind::kListener), tag(EventKind::kRedial),
+                 tag(EventKind::kRefusalSummary));
   if (frontend_.dials()) frontend_.dial();
   state_dirty_ = true;
   publish();
@@ -128,6 +129,12 @@ void Port::on_event(EventKind kind, uint16_t queue, uint32_t events) {
       break;
     case EventKind::kTxRateTimer:
       on_tx_rate_timer();
+      break;
+    case EventKind::kStallTimer:
+      on_stall_timer();
+      break;
+    case EventKind::kRefusalSummary:
+      frontend_.on_summary_timer();
       break;
   }
   publish();

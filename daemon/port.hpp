@@ -107,6 +107,8 @@ class Port {
   virtual void on_uring(uint16_t /*pair*/) {}
   /// tx-rate=: the refill timer expired.
   virtual void on_tx_rate_timer() {}
+  /// A message from the front-end stayed incomplete for the transport's bound.
+  virtual void on_stall_timer() {}
   /// config_.tx_rate changed.
   virtual void apply_tx_rate() {}
   /// Adds each queue pair's share of this wake-up's counts to `status` (vhost-user).

@@ -317,7 +317,61 @@ void VhostUserPort::close_session(std::string_view why) {
   }
   (void)tap.set_carrier(false);
   carrier_ = false;
+  // The stall timer belongs to the session: an endpoint without one holds no fd for it.
+  stall_interest_.clear();
+  stall_timer_.reset();
+  stall_armed_ = false;
+  stall_timer_failed_ = false;
   log::notice(name(), ": frontend session ended (", why, ")");
+}
+
+void VhostUserPort::watch_stall() {
+  if (!backend_->mid_message()) {
+    disarm_stall();
+    return;
+  }
+  // The bound is per message: more bytes of the same one do not restart it.
+  if (stall_armed_ && stall_message_ == backend_->messages_read()) return;
+  if (!stall_timer_) {
+    stall_timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    if (!stall_timer_) {
+      if (!stall_timer_failed_) {
+        log::error(name(), ": a stalled front-end message cannot be timed: timerfd_create: ",
+                   std::strerror(errno));
+      }
+      stall_timer_failed_ = true;  // said once per session
+      return;
+    }
+    stall_interest_ = Interest(epoll(), stall_timer_.get(), tag(EventKind::kStallTimer));
+    stall_interest_.set(EPOLLIN);
+  }
+  itimerspec t{};
+  t.it_value.tv_sec = static_cast<time_t>(kMessageStallTimeout.count());
+  ::timerfd_settime(stall_timer_.get(), 0, &t, nullptr);
+  stall_armed_ = true;
+  stall_message_ = backend_->messages_read();
+}
+
+void VhostUserPort::disarm_stall() {
+  if (!stall_armed_) return;
+  const itimerspec off{};
+  ::timerfd_settime(stall_timer_.get(), 0, &off, nullptr);
+  stall_armed_ = false;
+}
+
+void VhostUserPort::on_stall_timer() {
+  // Nothing to read: re-armed (or closed) since it fired, e.g. for a message that began in
+  // the same wake-up; that one has its own deadline.
+  uint64_t expirations = 0;
+  if (::read(stall_timer_.get(), &expirations, sizeof expirations) != sizeof expirations) return;
+  if (!stall_armed_) return;  // disarmed after it fired
+  stall_armed_ = false;
+  if (!backend_ || !backend_->mid_message()) return;
+  const std::string why =
+      str("the front-end sent ", backend_->describe_partial_message(), " and not the rest within ",
+          kMessageStallTimeout.count(), " s: disconnected");
+  log::warning(name(), ": ", why);
+  end_session(why);
 }
 
 void VhostUserPort::on_connection(uint32_t events) {
@@ -338,6 +392,7 @@ void VhostUserPort::on_connection(uint32_t events) {
   // After the whole batch: a ring that a message stopped and a later one restarted (a
   // memory table change, SET_VRING_ADDR) keeps its TAP queue.
   detach_idle_tap_queues();
+  watch_stall();
   // While a reply waits for room the session reads nothing, so it must not watch EPOLLIN:
   // requests the front-end queued behind it would wake this worker in a loop.
   conn_.set(backend_->wants_write() ? EPOLLOUT : EPOLLIN);

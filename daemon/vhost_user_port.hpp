@@ -12,6 +12,7 @@
 // nothing.
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -27,6 +28,12 @@ namespace vp::daemon {
 
 class VhostUserPort final : public Port, public vhost::Device {
  public:
+  /// How long one vhost-user message may stay incomplete (part of its header, or a header
+  /// without all the payload it announces) before the session is ended: a front-end that
+  /// stalls mid-message would otherwise hold the endpoint, and every other front-end would
+  /// be refused as a second one.
+  static constexpr std::chrono::seconds kMessageStallTimeout{10};
+
   /// `taps` holds one TAP queue per queue pair (at least one).
   VhostUserPort(Worker& worker, uint32_t id, control::EndpointConfig config,
                 std::vector<net::Tap> taps, Fd listener, std::shared_ptr<PortStatus> status);
@@ -111,6 +118,12 @@ class VhostUserPort final : public Port, public vhost::Device {
   void publish_queue_counts(PortStatus& status) override;
   void on_tx_rate_timer() override;
   void apply_tx_rate() override;
+  void on_stall_timer() override;
+
+  /// After a batch of messages: arms the stall timer when a message is left incomplete (and
+  /// was not already being timed), disarms it when none is.
+  void watch_stall();
+  void disarm_stall();
 
   void build_config_space();
   /// Watches `index`'s kick eventfd (the ring started).
@@ -146,6 +159,14 @@ class VhostUserPort final : public Port, public vhost::Device {
   Interest tx_timer_interest_;
   bool tx_timer_armed_ = false;
   uint64_t throttled_since_ns_ = 0;  // when the timer was armed
+  // kMessageStallTimeout: a timerfd (made when a message of the session is first left
+  // incomplete, closed with the session), armed only while one is; whole messages cost
+  // nothing.
+  Fd stall_timer_;
+  Interest stall_interest_;
+  bool stall_armed_ = false;
+  bool stall_timer_failed_ = false;  // timerfd_create failed in this session (logged)
+  uint64_t stall_message_ = 0;       // backend_->messages_read() when armed: the message timed
 };
 
 }  // namespace vp::daemon

@@ -29,13 +29,15 @@ struct PortStatus;
 
 /// Named event kinds: what a port's epoll event is about.
 enum class EventKind : uint8_t {
-  kListener = 1,  ///< the bind= socket has connections waiting
-  kConnection,    ///< the session's socket (vhost-user or stream) is readable or writable
-  kTap,           ///< a TAP queue; the tag's queue is the queue pair
-  kKick,          ///< a virtqueue's kick eventfd; the tag's queue is the virtqueue
-  kRedial,        ///< the peer= redial timer expired
-  kUring,         ///< a transmit queue's io_uring has completions; the tag's queue is the pair
-  kTxRateTimer,   ///< tx-rate=: the token bucket's refill timer expired (transmit may go on)
+  kListener = 1,    ///< the bind= socket has connections waiting
+  kConnection,      ///< the session's socket (vhost-user or stream) is readable or writable
+  kTap,             ///< a TAP queue; the tag's queue is the queue pair
+  kKick,            ///< a virtqueue's kick eventfd; the tag's queue is the virtqueue
+  kRedial,          ///< the peer= redial timer expired
+  kUring,           ///< a transmit queue's io_uring has completions; the tag's queue is the pair
+  kTxRateTimer,     ///< tx-rate=: the token bucket's refill timer expired (transmit may go on)
+  kStallTimer,      ///< a front-end message stayed incomplete for the bound (end the session)
+  kRefusalSummary,  ///< the refused-connection log interval ended: log what it held back
 };
 
 /// One epoll tag: port id (high 32 bits), kind (bits 16-23) and queue index (low 16 bits).

@@ -210,6 +210,13 @@ class Backend {
   Result<Status> on_writable();
   /// A reply is queued and the socket was full.
   bool wants_write() const noexcept { return writer_.pending(); }
+  /// Part of a message has arrived and the socket ran dry before the rest (see
+  /// MessageReader::mid_message()); the owner bounds how long that may last.
+  bool mid_message() const noexcept { return reader_.mid_message(); }
+  /// Messages read whole so far (MessageReader::completed()).
+  uint64_t messages_read() const noexcept { return reader_.completed(); }
+  /// What has arrived of the incomplete message (MessageReader::describe_partial()).
+  std::string describe_partial_message() const { return reader_.describe_partial(); }
 
   /// Stops every started ring and ends the session; later calls return kClosed. Idempotent.
   void close() noexcept;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "sys/str.hpp"
+#include "vhost/request_table.hpp"
 
 namespace vp::vhost {
 namespace {
@@ -122,9 +123,25 @@ Result<ReadStatus> MessageReader::read(int socket) {
     }
     if (have_ >= kHeaderSize && have_ == kHeaderSize + message_.header_.size) {
       complete_ = true;
+      ++completed_;
       return ReadStatus::kMessage;
     }
   }
+}
+
+std::string MessageReader::describe_partial() const {
+  const size_t n = message_.fd_count_;
+  const std::string fds = n == 0 ? std::string() : str(" (with ", n, n == 1 ? " fd)" : " fds)");
+  if (have_ == 0) return str(n, n == 1 ? " fd" : " fds", " but no byte of a message");
+  if (have_ < kHeaderSize) {
+    return str(have_, " of the ", kHeaderSize, " header bytes of a message", fds);
+  }
+  const uint32_t request = message_.header_.request;
+  const std::string_view name = request_name(request);
+  return str("the ", kHeaderSize, "-byte header of ",
+             name == "UNKNOWN" ? str("request ", request) : std::string(name), " and ",
+             have_ - kHeaderSize, " of the ", message_.header_.size, " payload bytes it announces",
+             fds);
 }
 
 void MessageWriter::reset() noexcept {

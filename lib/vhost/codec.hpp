@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <string>
 #include <string_view>
 #include <utility>
 
@@ -94,8 +95,15 @@ class MessageReader {
   Message& message() noexcept { return message_; }
   const Message& message() const noexcept { return message_; }
 
-  /// Some bytes or fds of a message have arrived but not all (for an idle timeout).
+  /// Some bytes or fds of a message have arrived but not all (for a stall timeout).
   bool mid_message() const noexcept { return !complete_ && (have_ > 0 || message_.fd_count_ > 0); }
+  /// Messages completed so far: with mid_message(), tells a message that stays incomplete
+  /// from a new one that began after the last completed.
+  uint64_t completed() const noexcept { return completed_; }
+  /// What has arrived of the incomplete message, for a log line: "7 of the 12 header bytes
+  /// of a message", "the 12-byte header of SET_FEATURES and 3 of the 8 payload bytes it
+  /// announces", "5 of the 12 header bytes of a message (with 1 fd)".
+  std::string describe_partial() const;
 
   /// Drops any partial or complete message, closing its fds.
   void reset() noexcept;
@@ -108,6 +116,7 @@ class MessageReader {
   alignas(Header) std::array<std::byte, kHeaderSize> header_bytes_{};
   size_t have_ = 0;  // bytes of the current message so far, header included
   bool complete_ = false;
+  uint64_t completed_ = 0;
 };
 
 enum class WriteStatus {

@@ -15,6 +15,7 @@
 
 #include "support/harness.hpp"
 #include "support/vhost_frontend.hpp"
+#include "sys/unix_socket.hpp"
 #include "virtio/queue.hpp"
 
 namespace vp::test {
@@ -129,6 +130,50 @@ TEST_F(Access, allow_list_turns_away_other_users_counts_and_logs_them) {
   EXPECT_EQ(vpd_->stop(), 0);
   ASSERT_EQ(vpd_->start(), "");
   EXPECT_EQ(vpd_->ctl_json({"vp0"})["allow"], (nlohmann::json{"0", "12345", "12346:7"}));
+}
+
+TEST_F(Access, connect_loop_of_refused_peers_logs_a_few_lines_then_one_summary) {
+  ASSERT_EQ(vpd_->ctl({"vp0", "create", "allow=12345", "up"}).status, 0) << vpd_->log();
+  auto count = [](const std::string& text, const std::string& needle) {
+    size_t n = 0;
+    for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  // Root is not on the list: every one of these is refused.
+  constexpr int kConnects = 60;
+  for (int i = 0; i < kConnects; ++i) {
+    auto c = connect_unix(vpd_->runtime_dir() + "/vp0.sock");
+    ASSERT_TRUE(c) << i << ": " << c.error().message;
+    pollfd p{c->get(), POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, 5000), 1) << "vpd did not close connection " << i;
+  }
+  // The counter counts every one.
+  for (int i = 0; i < 250 && status().value("refused_peers", 0) < kConnects; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(status().value("refused_peers", 0), kConnects) << status().dump(2);
+  // The log has the first five (FrontendSocket::kRefusalLogBurst) and, once the 10 s interval
+  // is over, one line for the rest, with no further refusal needed to bring it out.
+  const std::string summary = "55 more refused connections on vp0 in the last 10 s";
+  const auto deadline = steady_clock::now() + std::chrono::seconds(30);
+  while (vpd_->log().find(summary) == std::string::npos && steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const std::string log = vpd_->log();
+  EXPECT_NE(log.find(summary), std::string::npos) << log;
+  EXPECT_EQ(count(log, "not in allow="), 5u) << log;
+  EXPECT_EQ(count(log, "more refused connection"), 1u) << log;
+
+  // The next interval logs its first refusals again.
+  auto c = connect_unix(vpd_->runtime_dir() + "/vp0.sock");
+  ASSERT_TRUE(c);
+  for (int i = 0; i < 250 && status().value("refused_peers", 0) < kConnects + 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(status().value("refused_peers", 0), kConnects + 1);
+  EXPECT_EQ(count(vpd_->log(), "not in allow="), 6u) << vpd_->log();
 }
 
 TEST_F(Access, lock_mac_drops_guest_frames_posing_as_another_host) {

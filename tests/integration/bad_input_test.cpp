@@ -687,6 +687,27 @@ TEST_F(BadInput, half_a_line_waits_for_the_rest) {
   EXPECT_EQ(show.value("mtu", 0), 1300);
 }
 
+TEST_F(BadInput, half_a_line_trickled_a_byte_at_a_time_is_answered_then_closed_after_the_bound) {
+  Conn trickler(vpd_->socket());
+  ASSERT_TRUE(trickler.connected()) << trickler.error();
+  ASSERT_EQ(trickler.send(R"({"version":1,"op":"hello","endpoint":")"), Conn::Sent::kAll);
+  // A byte every 5 s: never silent for the 30 s that close an idle client, yet the line never
+  // ends. vpd's bound (kPartialLineTimeout, 30 s) is checked on its 5 s tick.
+  std::optional<std::string> reply;
+  const auto deadline = std::chrono::steady_clock::now() + 90s;
+  while (!reply && std::chrono::steady_clock::now() < deadline) {
+    reply = trickler.line(5s);
+    if (!reply && trickler.send("x") != Conn::Sent::kAll) break;
+  }
+  ASSERT_TRUE(reply) << "vpd neither answered nor closed the trickling client";
+  EXPECT_TRUE(is_error_line(*reply, "request-timeout", "incomplete for 30 s"));
+  EXPECT_TRUE(trickler.closed_by_vpd()) << "vpd kept the connection open";
+  EXPECT_NE(vpd_->log().find("without its newline for 30 s"), std::string::npos) << vpd_->log();
+  // Everyone else is served as before.
+  const std::string other = test::raw_exchange(vpd_->socket(), request("hello"));
+  EXPECT_EQ(ok_result(other.substr(0, other.find('\n'))).value("daemon", ""), "vpd");
+}
+
 TEST_F(BadInput, several_requests_on_one_connection_are_answered_in_order) {
   Conn c(vpd_->socket());
   ASSERT_TRUE(c.connected()) << c.error();

@@ -190,9 +190,10 @@ bool send_with_fds(int socket, const vhost::Header& header, std::span<const std:
   return ::sendmsg(socket, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(data.size());
 }
 
-// Whether vpd closes `socket` within 5 s (whatever it still sends before is read and dropped).
-::testing::AssertionResult closed_by_vpd(int socket) {
-  const auto deadline = steady_clock::now() + 5s;
+// Whether vpd closes `socket` within `timeout` (whatever it still sends before is read and
+// dropped).
+::testing::AssertionResult closed_by_vpd(int socket, std::chrono::milliseconds timeout = 5000ms) {
+  const auto deadline = steady_clock::now() + timeout;
   while (steady_clock::now() < deadline) {
     pollfd p{socket, POLLIN, 0};
     if (::poll(&p, 1, 100) != 1) continue;
@@ -201,6 +202,48 @@ bool send_with_fds(int socket, const vhost::Header& header, std::span<const std:
     if (n == 0 || (n < 0 && errno == ECONNRESET)) return ::testing::AssertionSuccess();
   }
   return ::testing::AssertionFailure() << "vpd kept the connection open";
+}
+
+// A `monitor` subscriber on vpd's control socket (the raw protocol, as vpctl monitor speaks
+// it); invalid if vpd did not take the subscription.
+Fd subscribe(const std::string& control_socket) {
+  auto c = connect_unix(control_socket);
+  if (!c) return Fd();
+  const std::string request = "{\"version\":1,\"op\":\"monitor\"}\n";
+  if (::send(c->get(), request.data(), request.size(), MSG_NOSIGNAL) !=
+      static_cast<ssize_t>(request.size())) {
+    return Fd();
+  }
+  std::string line;
+  char ch = 0;
+  pollfd p{c->get(), POLLIN, 0};
+  while (::poll(&p, 1, 5000) == 1 && ::recv(c->get(), &ch, 1, 0) == 1 && ch != '\n') line += ch;
+  return line.find("\"subscribed\":true") != std::string::npos ? std::move(*c) : Fd();
+}
+
+// The first event of `type` on `endpoint` that the subscriber `fd` receives within `timeout`
+// (null if none).
+nlohmann::json next_event(int fd, const std::string& endpoint, const std::string& type,
+                          std::chrono::milliseconds timeout) {
+  const auto deadline = steady_clock::now() + timeout;
+  std::string line;
+  while (steady_clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) != 1) continue;
+    char ch = 0;
+    if (::recv(fd, &ch, 1, 0) != 1) return nullptr;
+    if (ch != '\n') {
+      line += ch;
+      continue;
+    }
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    line.clear();
+    if (j.is_object() && j.contains("event") && j["event"].value("endpoint", "") == endpoint &&
+        j["event"].value("type", "") == type) {
+      return j["event"];
+    }
+  }
+  return nullptr;
 }
 
 class HostileFrontend : public ::testing::Test {
@@ -293,12 +336,13 @@ class HostileFrontend : public ::testing::Test {
     return ::testing::AssertionFailure() << "vp0 guest: " << guest << "\n" << vpd_->log();
   }
 
-  // vpd's fd count once it has settled: equal to `want` (when given) or unchanged over
-  // three readings 100 ms apart, within 5 s; else the last reading.
+  // vpd's fd count once it has settled: equal to `want` (when given) within 15 s, or unchanged
+  // over three readings 100 ms apart within 5 s; else the last reading. 15 s: a flood of
+  // refused connections holds a timerfd until its 10 s log interval is over.
   size_t settled_fd_count(size_t want = 0) {
     size_t last = fd_count(vpd_->pid());
     int same = 0;
-    for (int i = 0; i < 50; ++i) {
+    for (int i = 0; i < (want != 0 ? 150 : 50); ++i) {
       if (want != 0 && last == want) return last;
       std::this_thread::sleep_for(100ms);
       const size_t now = fd_count(vpd_->pid());
@@ -456,6 +500,99 @@ TEST_F(HostileFrontend, truncated_messages_end_only_their_own_session) {
     EXPECT_TRUE(wait_vp0_idle()) << "cut after " << cut << " bytes";
   }
   EXPECT_NE(vpd_->log().find("inside a message"), std::string::npos) << vpd_->log();
+  expect_unharmed();
+}
+
+// The bound vpd gives one message to arrive whole (VhostUserPort::kMessageStallTimeout), and
+// how long past it the test waits for the disconnect at most.
+constexpr auto kStallBound = 10s;
+constexpr auto kStallWait = kStallBound + 20s;
+
+TEST_F(HostileFrontend, message_left_half_sent_ends_the_session_and_the_endpoint_serves_again) {
+  const std::string path = vpd_->runtime_dir() + "/vp0.sock";
+  const vhost::Header set_features{vhost::code(Request::kSetFeatures), vhost::kVersion, 8};
+  std::string whole(reinterpret_cast<const char*>(&set_features), vhost::kHeaderSize);
+  whole.append(8, '\0');
+
+  // 7 of the 12 header bytes, then nothing.
+  {
+    auto fe = hostile();
+    ASSERT_TRUE(fe);
+    Fd monitor = subscribe(vpd_->socket());
+    ASSERT_TRUE(monitor.valid()) << vpd_->log();
+    ASSERT_EQ(::send(fe->socket(), whole.data(), 7, MSG_NOSIGNAL), 7);
+    // Meanwhile the endpoint is held: a second front-end is turned away as busy.
+    auto second = connect_unix(path);
+    ASSERT_TRUE(second);
+    EXPECT_TRUE(closed_by_vpd(second->get())) << "a second front-end was served";
+    EXPECT_TRUE(closed_by_vpd(fe->socket(), kStallWait)) << vpd_->log();
+    EXPECT_NE(vpd_->log().find("the front-end sent 7 of the 12 header bytes of a message and not "
+                               "the rest within 10 s: disconnected"),
+              std::string::npos)
+        << vpd_->log();
+    // Subscribers are told why.
+    const auto ended = next_event(monitor.get(), "vp0", "frontend-disconnected", 10s);
+    EXPECT_EQ(ended.is_object() ? ended.value("reason", "") : "",
+              "the front-end sent 7 of the 12 header bytes of a message and not the rest within "
+              "10 s: disconnected")
+        << ended.dump();
+    EXPECT_TRUE(wait_vp0_idle());
+  }
+
+  // A whole header, 3 of its 8 payload bytes, then one more byte every 2 s: the bound is on the
+  // message, not on the silence, so trickling does not keep it open.
+  {
+    auto fe = hostile();
+    ASSERT_TRUE(fe);
+    const auto start = steady_clock::now();
+    ASSERT_EQ(::send(fe->socket(), whole.data(), 15, MSG_NOSIGNAL), 15);
+    bool closed = false;
+    for (size_t sent = 15; sent < whole.size() - 1 && !closed; ++sent) {
+      closed = closed_by_vpd(fe->socket(), 2s);
+      if (!closed) (void)::send(fe->socket(), whole.data() + sent, 1, MSG_NOSIGNAL);
+    }
+    if (!closed) closed = closed_by_vpd(fe->socket(), kStallWait);
+    EXPECT_TRUE(closed) << vpd_->log();
+    EXPECT_GE(steady_clock::now() - start, kStallBound - 1s) << "closed before the bound";
+    EXPECT_NE(vpd_->log().find("the front-end sent the 12-byte header of SET_FEATURES and "),
+              std::string::npos)
+        << vpd_->log();
+    EXPECT_NE(vpd_->log().find(" of the 8 payload bytes it announces and not the rest within "
+                               "10 s: disconnected"),
+              std::string::npos)
+        << vpd_->log();
+  }
+  expect_unharmed();
+}
+
+TEST_F(HostileFrontend, messages_sent_slowly_in_halves_within_the_bound_are_served) {
+  auto fe = hostile();
+  ASSERT_TRUE(fe);
+  const vhost::Header get_features{vhost::code(Request::kGetFeatures), vhost::kVersion, 0};
+  const auto* head = reinterpret_cast<const char*>(&get_features);
+  const uint64_t sessions =
+      vpd_->ctl_json({"vp0"})["status"]["session"].value("sessions", uint64_t{0});
+  // Half of one request; 6 s later its rest and half of the next; 6 s later the rest of that.
+  // Each stays incomplete for less than the bound, both together for longer.
+  ASSERT_EQ(::send(fe->socket(), head, 6, MSG_NOSIGNAL), 6);
+  std::this_thread::sleep_for(6s);
+  std::string rest_and_half(head + 6, vhost::kHeaderSize - 6);
+  rest_and_half.append(head, 6);
+  ASSERT_EQ(::send(fe->socket(), rest_and_half.data(), rest_and_half.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(rest_and_half.size()));
+  auto first = fe->wait_reply(Request::kGetFeatures);
+  ASSERT_TRUE(first) << first.error().message << "\n" << vpd_->log();
+  std::this_thread::sleep_for(6s);
+  ASSERT_EQ(::send(fe->socket(), head + 6, vhost::kHeaderSize - 6, MSG_NOSIGNAL),
+            static_cast<ssize_t>(vhost::kHeaderSize - 6));
+  auto second = fe->wait_reply(Request::kGetFeatures);
+  ASSERT_TRUE(second) << second.error().message << "\n" << vpd_->log();
+  EXPECT_EQ(second->u64(), first->u64());
+  EXPECT_TRUE(fe->sync());
+  // The same session throughout.
+  EXPECT_EQ(vpd_->ctl_json({"vp0"})["status"]["session"].value("sessions", uint64_t{0}), sessions);
+  EXPECT_EQ(vpd_->log().find("not the rest within"), std::string::npos) << vpd_->log();
+  fe.reset();
   expect_unharmed();
 }
 
@@ -790,6 +927,21 @@ TEST_F(HostileFrontend, connect_storm_against_a_connected_endpoint_leaves_its_se
   }
   EXPECT_EQ(done, 1000) << "the storm took more than 60 s";
   EXPECT_EQ(sessions(), sessions_before) << "every connection was turned away";
+  // Logged one by one only the first few of every 10 s; the rest summed once each interval
+  // is over.
+  for (int i = 0; i < 300 && vpd_->log().find("more refused connections on vp0 in the last 10 s") ==
+                                 std::string::npos;
+       ++i) {
+    std::this_thread::sleep_for(100ms);
+  }
+  const std::string log = vpd_->log();
+  EXPECT_NE(log.find("more refused connections on vp0 in the last 10 s"), std::string::npos);
+  size_t one_by_one = 0;
+  for (size_t at = log.find("one is connected"); at != std::string::npos;
+       at = log.find("one is connected", at + 1)) {
+    ++one_by_one;
+  }
+  EXPECT_LE(one_by_one, 5u * 7) << "at most 5 per 10 s interval of the (at most 60 s) storm";
   EXPECT_EQ(vpd_->ctl_json({"vp0"})["status"]["session"].value("queues_running", 0), 2);
   EXPECT_EQ(arp_round_trip(*fe, kVp0Guest, 5s, true), "") << vpd_->log();
   fe.reset();

@@ -231,6 +231,8 @@ TEST(VhostCodec, message_split_across_several_writes_is_assembled_without_blocki
   ASSERT_TRUE(succeeded(status));
   EXPECT_EQ(*status, ReadStatus::kWouldBlock);
   EXPECT_TRUE(reader.mid_message());
+  EXPECT_EQ(reader.describe_partial(), "5 of the 12 header bytes of a message (with 1 fd)");
+  EXPECT_EQ(reader.completed(), 0u);
 
   raw_send(s.b.get(), all.subspan(5, 7));  // rest of the header
   status = reader.read(s.a.get());
@@ -241,12 +243,16 @@ TEST(VhostCodec, message_split_across_several_writes_is_assembled_without_blocki
   status = reader.read(s.a.get());
   ASSERT_TRUE(succeeded(status));
   EXPECT_EQ(*status, ReadStatus::kWouldBlock);
+  EXPECT_EQ(reader.describe_partial(),
+            "the 12-byte header of SET_VRING_KICK and 3 of the 8 payload bytes it announces "
+            "(with 1 fd)");
 
   raw_send(s.b.get(), all.subspan(15));
   status = reader.read(s.a.get());
   ASSERT_TRUE(succeeded(status));
   ASSERT_EQ(*status, ReadStatus::kMessage);
   EXPECT_FALSE(reader.mid_message());
+  EXPECT_EQ(reader.completed(), 1u);
   EXPECT_EQ(reader.message().request(), code(Request::kSetVringKick));
   EXPECT_EQ(reader.message().payload_as<uint64_t>(), 1u);
   EXPECT_EQ(reader.message().fd_count(), 1u);
