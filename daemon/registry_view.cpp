@@ -82,9 +82,15 @@ json Registry::describe(const Endpoint& e) {
     status["guest"] = std::string(session_state_name(v->state));
     status["socket"] = v->socket;
     if (v->frontend) status["frontend"] = peer_process_json(*v->frontend);
+    // Only the counters this transport's data path can move: a stream endpoint has no kicks,
+    // a vhost-user one no stream framing errors.
+    const uint8_t moved_by = e.config.transport == control::Transport::kStream
+                                 ? dataplane::kCountsStream
+                                 : dataplane::kCountsVhostUser;
     json counters = json::object();
-    for (const auto& f : dataplane::kNetCounterFields)
-      counters[std::string(f.name)] = v->counters.*f.member;
+    for (const auto& f : dataplane::kNetCounterFields) {
+      if ((f.transports & moved_by) != 0) counters[std::string(f.name)] = v->counters.*f.member;
+    }
     status["counters"] = counters;
     if (e.config.transport == control::Transport::kVhostUser) {
       // Per queue pair (queue N: receiveq N and transmitq N), as many as queues= allows.

@@ -82,48 +82,57 @@ struct NetCounters {
   bool operator==(const NetCounters&) const = default;
 };
 
-/// One counter: its stable name (stats output, JSON) and where it lives.
+/// The transports whose data path can move a counter (a bit each).
+inline constexpr uint8_t kCountsVhostUser = 1;
+inline constexpr uint8_t kCountsStream = 2;
+
+/// One counter: its stable name (stats output, JSON), where it lives, and the transports that
+/// can move it (the others never show it).
 struct NetCounterField {
   std::string_view name;
   uint64_t NetCounters::*member;
+  uint8_t transports = kCountsVhostUser | kCountsStream;
 };
 
 /// Every NetCounters field, in declaration order.
 inline constexpr NetCounterField kNetCounterFields[] = {
     {"tx_packets", &NetCounters::tx_packets},
     {"tx_bytes", &NetCounters::tx_bytes},
-    {"tx_dropped_malformed_chain", &NetCounters::tx_dropped_malformed_chain},
+    {"tx_dropped_malformed_chain", &NetCounters::tx_dropped_malformed_chain, kCountsVhostUser},
     {"tx_dropped_too_short", &NetCounters::tx_dropped_too_short},
     {"tx_dropped_too_long", &NetCounters::tx_dropped_too_long},
-    {"tx_dropped_bad_flags", &NetCounters::tx_dropped_bad_flags},
-    {"tx_dropped_csum_not_negotiated", &NetCounters::tx_dropped_csum_not_negotiated},
-    {"tx_dropped_bad_csum_offsets", &NetCounters::tx_dropped_bad_csum_offsets},
-    {"tx_dropped_gso_not_negotiated", &NetCounters::tx_dropped_gso_not_negotiated},
-    {"tx_dropped_bad_gso", &NetCounters::tx_dropped_bad_gso},
-    {"tx_dropped_hdr_len_past_frame", &NetCounters::tx_dropped_hdr_len_past_frame},
+    {"tx_dropped_bad_flags", &NetCounters::tx_dropped_bad_flags, kCountsVhostUser},
+    {"tx_dropped_csum_not_negotiated", &NetCounters::tx_dropped_csum_not_negotiated,
+     kCountsVhostUser},
+    {"tx_dropped_bad_csum_offsets", &NetCounters::tx_dropped_bad_csum_offsets, kCountsVhostUser},
+    {"tx_dropped_gso_not_negotiated", &NetCounters::tx_dropped_gso_not_negotiated,
+     kCountsVhostUser},
+    {"tx_dropped_bad_gso", &NetCounters::tx_dropped_bad_gso, kCountsVhostUser},
+    {"tx_dropped_hdr_len_past_frame", &NetCounters::tx_dropped_hdr_len_past_frame,
+     kCountsVhostUser},
     {"tx_dropped_spoofed_mac", &NetCounters::tx_dropped_spoofed_mac},
     {"tap_write_fails", &NetCounters::tap_write_fails},
     {"tx_tap_full", &NetCounters::tx_tap_full},
-    {"tx_dropped_ring_disabled", &NetCounters::tx_dropped_ring_disabled},
-    {"tx_throttled", &NetCounters::tx_throttled},
-    {"tx_throttled_us", &NetCounters::tx_throttled_us},
+    {"tx_dropped_ring_disabled", &NetCounters::tx_dropped_ring_disabled, kCountsVhostUser},
+    {"tx_throttled", &NetCounters::tx_throttled, kCountsVhostUser},
+    {"tx_throttled_us", &NetCounters::tx_throttled_us, kCountsVhostUser},
     {"rx_packets", &NetCounters::rx_packets},
     {"rx_bytes", &NetCounters::rx_bytes},
-    {"rx_dropped_too_big", &NetCounters::rx_dropped_too_big},
+    {"rx_dropped_too_big", &NetCounters::rx_dropped_too_big, kCountsVhostUser},
     {"rx_dropped_runt", &NetCounters::rx_dropped_runt},
-    {"rx_malformed_chain", &NetCounters::rx_malformed_chain},
-    {"rx_buffers_returned_empty", &NetCounters::rx_buffers_returned_empty},
-    {"no_rx_avail_buffer", &NetCounters::no_rx_avail_buffer},
-    {"rx_frames_held", &NetCounters::rx_frames_held},
+    {"rx_malformed_chain", &NetCounters::rx_malformed_chain, kCountsVhostUser},
+    {"rx_buffers_returned_empty", &NetCounters::rx_buffers_returned_empty, kCountsVhostUser},
+    {"no_rx_avail_buffer", &NetCounters::no_rx_avail_buffer, kCountsVhostUser},
+    {"rx_frames_held", &NetCounters::rx_frames_held, kCountsVhostUser},
     {"tap_read_fails", &NetCounters::tap_read_fails},
-    {"kicks", &NetCounters::kicks},
-    {"interrupts", &NetCounters::interrupts},
-    {"interrupts_suppressed", &NetCounters::interrupts_suppressed},
-    {"dirty_pages_logged", &NetCounters::dirty_pages_logged},
-    {"stream_bad_length", &NetCounters::stream_bad_length},
-    {"stream_truncated", &NetCounters::stream_truncated},
-    {"stream_peer_full", &NetCounters::stream_peer_full},
-    {"rx_dropped_offload", &NetCounters::rx_dropped_offload},
+    {"kicks", &NetCounters::kicks, kCountsVhostUser},
+    {"interrupts", &NetCounters::interrupts, kCountsVhostUser},
+    {"interrupts_suppressed", &NetCounters::interrupts_suppressed, kCountsVhostUser},
+    {"dirty_pages_logged", &NetCounters::dirty_pages_logged, kCountsVhostUser},
+    {"stream_bad_length", &NetCounters::stream_bad_length, kCountsStream},
+    {"stream_truncated", &NetCounters::stream_truncated, kCountsStream},
+    {"stream_peer_full", &NetCounters::stream_peer_full, kCountsStream},
+    {"rx_dropped_offload", &NetCounters::rx_dropped_offload, kCountsStream},
 };
 
 static_assert(sizeof(NetCounters) == sizeof(uint64_t) * std::size(kNetCounterFields),

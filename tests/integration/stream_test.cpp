@@ -207,6 +207,12 @@ TEST_F(Stream, bind_peer_exchanges_frames_with_the_tap_both_ways) {
   EXPECT_EQ(c.value("stream_bad_length", 1), 0);
   const Output stats = ok({"vp0", "stats"});
   EXPECT_TRUE(contains(stats.out, "stream_peer_full")) << stats.out;
+  // A stream has no rings: the vhost-user data path's counters are left out.
+  for (const char* vhost_only :
+       {"kicks", "interrupts", "dirty_pages_logged", "no_rx_avail_buffer", "tx_throttled"}) {
+    EXPECT_FALSE(c.contains(vhost_only)) << vhost_only << ": " << c.dump();
+  }
+  EXPECT_TRUE(c.contains("tx_dropped_spoofed_mac")) << c.dump();
 
   // One frontend at a time: a second one is turned away, the first keeps working.
   Fd second = connect_bind("vp0");
