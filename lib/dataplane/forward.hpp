@@ -184,8 +184,10 @@ ForwardResult discard_tx(Q& q, int call_fd, const NetSession& s, NetScratch& scr
 /// read while the ring ran dry before the pool covered that size is kept in `hold` and
 /// delivered first once the guest has posted enough (kNoBuffers until then). Buffers popped
 /// and not filled are put back before returning. With no buffer at all the frame stays in the
-/// TAP (kNoBuffers; kicks enabled, with the re-check against the race). Publishes once and
-/// signals `call_fd` at most once.
+/// TAP (kNoBuffers; kicks enabled, with the re-check against the race). Publishes the used
+/// entries (and signals `call_fd` if the driver wants it) every quarter of the ring, at most
+/// 64 entries, and once more at the end: a call that fills the ring with large frames lets
+/// the driver refill while it goes on.
 template <virtio::Virtqueue Q>
 ForwardResult forward_rx(Q& q, int tap_fd, int call_fd, const NetSession& s, NetScratch& scratch,
                          NetCounters& c, RxHold* hold = nullptr) noexcept;

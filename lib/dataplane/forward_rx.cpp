@@ -43,6 +43,13 @@ namespace {
 // capacity (length 0), which wastes a guest buffer.
 constexpr uint32_t kMinTailIovecs = 64;
 
+// Used entries are published (and the driver notified if it asks) once this many are
+// waiting, not only when the call ends: a 64 KB frame takes 17 buffers of 4 KB, so one call
+// can fill the whole ring, and a driver that sees none of it until then refills nothing
+// meanwhile (both sides would take turns instead of working at once). 64 entries is a whole
+// budget of one-buffer frames, so small frames still publish once per call.
+constexpr uint32_t kPublishEvery = 64;
+
 // The least a read with a hold covers: a full-size frame of a 1500-byte MTU with a VLAN tag,
 // so ordinary traffic never takes the overflow path.
 constexpr uint32_t kMinExpectedFrame = 1522;
@@ -65,7 +72,8 @@ class RxRun {
         iov_(scratch.iov().first(std::min(scratch.iov().size(), detail::kIovMax))),
         bufs_(scratch.rx_buffers()),
         probe_(scratch.probe()),
-        iov_cap_(static_cast<uint32_t>(iov_.size() - 1)) {}
+        iov_cap_(static_cast<uint32_t>(iov_.size() - 1)),
+        publish_every_(std::clamp<uint32_t>(q.size() / 4u, 1, kPublishEvery)) {}
 
   ForwardResult run(int call_fd) noexcept;
 
@@ -113,6 +121,9 @@ class RxRun {
   void keep(uint32_t n) noexcept;
   void deliver_held() noexcept;
   void give_back_leftovers() noexcept;
+  /// Publishes the used entries written since the last publish once there are
+  /// publish_every_ of them (see kPublishEvery).
+  void publish_some(int call_fd) noexcept;
 
   Q& q_;
   const int tap_fd_;
@@ -123,6 +134,8 @@ class RxRun {
   const std::span<RxBuffer> bufs_;
   const std::span<std::byte> probe_;
   const uint32_t iov_cap_;
+  const uint32_t publish_every_;  // a quarter of the ring, at most kPublishEvery
+  uint64_t published_at_ = 0;     // q_.counters().used_returned at the last publish
 
   // The pool: buffers [buf_begin_, buf_end_) in pop order, their elements contiguous in
   // iov_[iov_begin_, iov_end_). The first `pinned_` cannot be rewound (a chain consumed
@@ -261,12 +274,19 @@ void RxRun<Q>::give_back_leftovers() noexcept {
 }
 
 template <virtio::Virtqueue Q>
+void RxRun<Q>::publish_some(int call_fd) noexcept {
+  if (q_.counters().used_returned - published_at_ < publish_every_) return;
+  detail::publish_and_notify(q_, call_fd, published_at_, c_);
+  published_at_ = q_.counters().used_returned;
+}
+
+template <virtio::Virtqueue Q>
 ForwardResult RxRun<Q>::run(int call_fd) noexcept {
   if (!q_.ready()) {
     result_.status = ForwardStatus::kQueueStopped;
     return result_;
   }
-  const uint64_t used_before = q_.counters().used_returned;
+  published_at_ = q_.counters().used_returned;
   q_.disable_notifications();
   const uint32_t budget = std::max<uint32_t>(s_.budget, 1);
   uint32_t reads = 0;
@@ -285,6 +305,7 @@ ForwardResult RxRun<Q>::run(int call_fd) noexcept {
     if (held() != 0) {
       if (pool_covers()) {
         deliver_held();
+        publish_some(call_fd);
         continue;
       }
       if (!ring_dry) {
@@ -353,6 +374,7 @@ ForwardResult RxRun<Q>::run(int call_fd) noexcept {
       continue;
     }
     deliver(static_cast<uint32_t>(n));
+    publish_some(call_fd);
   }
 
   // Buffers that cannot be rewound go back empty (the guest drops them as runts).
@@ -365,7 +387,7 @@ ForwardResult RxRun<Q>::run(int call_fd) noexcept {
   pinned_ = 0;
   // Packed rewinding forgets unpublished entries and the notification history: publish and
   // notify first.
-  detail::publish_and_notify(q_, call_fd, used_before, c_);
+  detail::publish_and_notify(q_, call_fd, published_at_, c_);
   give_back_leftovers();
   return result_;
 }

@@ -397,6 +397,28 @@ TYPED_TEST(DataplaneRx, batch_of_frames_gives_one_interrupt_and_suppression_none
   EXPECT_EQ(this->counters_, c);
 }
 
+// Frames of several buffers fill a ring within one call: the driver must see them (and be
+// notified) every quarter of the ring, not only when the call ends, or it refills nothing
+// meanwhile.
+TYPED_TEST(DataplaneRx, mergeable_frames_filling_the_ring_are_published_every_quarter_ring) {
+  this->start(kVersion1 | kFeatureMrgRxbuf, 0, 16);
+  this->without_gso(3000);
+  std::vector<uint16_t> ids;
+  for (int i = 0; i < 16; ++i) ids.push_back(this->offer(1000));
+  for (int i = 0; i < 8; ++i) this->tap_.send(tap_message(12, 1500, i));  // 1512: two each
+
+  EXPECT_EQ(this->forward().frames, 8u);
+  const std::vector<UsedElem> used = this->ring_->take_all_used();
+  ASSERT_EQ(used.size(), 16u);
+  for (std::size_t i = 0; i < used.size(); ++i) {
+    EXPECT_EQ(used[i], (UsedElem{ids[i], i % 2 == 0 ? 1000u : 512u}));
+  }
+  // 16 used entries published 4 at a time: 4 interrupts in one call.
+  EXPECT_EQ(this->interrupts_signalled(), 4u);
+  EXPECT_EQ(this->counters_.interrupts, 4u);
+  EXPECT_EQ(this->counters_.rx_packets, 8u);
+}
+
 TYPED_TEST(DataplaneRx, budget_bounds_a_call) {
   this->start(kVersion1);
   this->session_.budget = 2;
