@@ -44,11 +44,10 @@ void count_header_fault(TxHeaderFault fault, NetCounters& c) noexcept {
 
 /// Checks one chain and writes its frame to the TAP.
 TxOutcome send_one(const virtio::Chain& chain, int tap_fd, const NetSession& s,
-                   std::span<std::byte, NetScratch::kTxCopySize> hdr_copy,
-                   NetCounters& c) noexcept {
-  const detail::TxFrame frame = detail::check_tx_frame(chain, s, hdr_copy, c);
+                   NetScratch& scratch, NetCounters& c) noexcept {
+  const detail::TxFrame frame = detail::check_tx_frame(chain, s, scratch.tx_header(), c);
   if (!frame.ok) return TxOutcome::kDropped;
-  return detail::write_tx_frame(frame, tap_fd, hdr_copy, c);
+  return detail::write_tx_frame(frame, tap_fd, scratch.tx_header(), c, scratch.tx_flat());
 }
 
 /// Pops chains until the ring is empty (then kicks are enabled: kIdle), the budget is used
@@ -165,15 +164,24 @@ TxFrame check_tx_frame(const virtio::Chain& chain, const NetSession& s,
 }
 
 TxOutcome write_tx_frame(const TxFrame& frame, int tap_fd, std::span<std::byte> hdr_copy,
-                         NetCounters& c) noexcept {
-  iovec* first = frame.data - 1;  // a consumed header element, or scratch slot 0
-  *first = iovec{hdr_copy.data(), frame.copy_len};
-  const int count = static_cast<int>(frame.end - first);
-
+                         NetCounters& c, std::span<std::byte> flat) noexcept {
   ssize_t n;
-  do {
-    n = ::writev(tap_fd, first, count);
-  } while (n < 0 && errno == EINTR);
+  if (frame.write_len <= flat.size()) {
+    // GUEST: the header comes from the checked copy; the rest is copied once from guest
+    // memory, so the TAP gets one snapshot of the frame whatever the guest does meanwhile.
+    std::memcpy(flat.data(), hdr_copy.data(), frame.copy_len);
+    gather({frame.data, frame.end}, flat.subspan(frame.copy_len, frame.write_len - frame.copy_len));
+    do {
+      n = ::write(tap_fd, flat.data(), frame.write_len);
+    } while (n < 0 && errno == EINTR);
+  } else {
+    iovec* first = frame.data - 1;  // a consumed header element, or scratch slot 0
+    *first = iovec{hdr_copy.data(), frame.copy_len};
+    const int count = static_cast<int>(frame.end - first);
+    do {
+      n = ::writev(tap_fd, first, count);
+    } while (n < 0 && errno == EINTR);
+  }
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return TxOutcome::kTapFull;
   if (n != static_cast<ssize_t>(frame.write_len)) {
     // tun refuses the whole frame (EINVAL for a header it rejects, EIO while the link is
@@ -193,12 +201,12 @@ ForwardResult forward_tx(Q& q, int tap_fd, int call_fd, const NetSession& s, Net
                          NetCounters& c, TxBucket* bucket) noexcept {
   if (!bucket) {
     return drain_tx(q, call_fd, s, scratch, c, nullptr, [&](const virtio::Chain& chain) noexcept {
-      return send_one(chain, tap_fd, s, scratch.tx_header(), c);
+      return send_one(chain, tap_fd, s, scratch, c);
     });
   }
   return drain_tx(q, call_fd, s, scratch, c, bucket, [&](const virtio::Chain& chain) noexcept {
     const uint64_t bytes = c.tx_bytes;
-    const TxOutcome outcome = send_one(chain, tap_fd, s, scratch.tx_header(), c);
+    const TxOutcome outcome = send_one(chain, tap_fd, s, scratch, c);
     if (outcome == TxOutcome::kSent) bucket->spend(static_cast<uint32_t>(c.tx_bytes - bytes));
     return outcome;
   });

@@ -12,7 +12,8 @@ namespace vp::dataplane {
 NetScratch::NetScratch(std::size_t iovecs)
     : iovecs_(std::max<std::size_t>(iovecs, 2)),
       iov_(std::make_unique<iovec[]>(iovecs_)),
-      rx_(std::make_unique<RxBuffer[]>(iovecs_)) {}
+      rx_(std::make_unique<RxBuffer[]>(iovecs_)),
+      tx_flat_(std::make_unique<std::byte[]>(kTxFlatSize)) {}
 
 bool consume_kick(int kick_fd, NetCounters& c) noexcept {
   eventfd_t value = 0;

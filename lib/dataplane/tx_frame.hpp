@@ -40,9 +40,11 @@ TxFrame check_tx_frame(const virtio::Chain& chain, const NetSession& s,
 
 /// Writes `frame` with one writev: `hdr_copy` (copy_len bytes are used) in the element just
 /// before frame.data, which must be a consumed element or a reserved slot of the same array,
-/// then the guest's elements. kTapFull on EAGAIN (nothing counted: the caller rewinds);
-/// anything but the whole frame is counted in tap_write_fails; a sent frame in tx_packets.
+/// then the guest's elements. A frame that fits `flat` (may be empty) is instead copied
+/// there whole, the checked header copy first, and sent with one write(). kTapFull on EAGAIN
+/// (nothing counted: the caller rewinds); anything but the whole frame is counted in
+/// tap_write_fails; a sent frame in tx_packets.
 TxOutcome write_tx_frame(const TxFrame& frame, int tap_fd, std::span<std::byte> hdr_copy,
-                         NetCounters& c) noexcept;
+                         NetCounters& c, std::span<std::byte> flat = {}) noexcept;
 
 }  // namespace vp::dataplane::detail

@@ -151,6 +151,23 @@ TYPED_TEST(DataplaneTx, header_split_across_elements_is_sent_whole) {
   EXPECT_EQ(this->counters_.tx_bytes, 100u);
 }
 
+// Frames that fit NetScratch::kTxFlatSize go out copied into one buffer, longer ones with a
+// writev of the guest's elements: both arrive whole and in order, at the boundary too.
+TYPED_TEST(DataplaneTx, frames_either_side_of_the_flat_copy_size_are_sent_whole) {
+  this->start(kVersion1);
+  const std::size_t flat = NetScratch::kTxFlatSize;
+  std::vector<Bytes> sent;
+  for (const std::size_t total : {flat - 1, flat, flat + 1, std::size_t{9000}}) {
+    sent.push_back(test::concat(test::net_hdr(12), test::eth_frame(total - 12, static_cast<int>(total))));
+    this->offer(sent.back(), {5, 700, 1000});  // header split, the frame in three more
+  }
+  EXPECT_EQ(this->forward().frames, 4u);
+  for (const Bytes& msg : sent) EXPECT_EQ(this->tap_.receive(), msg);
+  EXPECT_EQ(this->counters_.tx_packets, 4u);
+  EXPECT_EQ(this->counters_.tx_bytes, 3 * flat + 9000 - 4 * 12);
+  EXPECT_EQ(this->counters_.tap_write_fails, 0u);
+}
+
 TYPED_TEST(DataplaneTx, header_in_its_own_descriptor) {
   this->start(kVersion1);
   const Bytes msg = test::concat(test::net_hdr(12), test::eth_frame(1514, 3));
