@@ -19,6 +19,7 @@
 
 #include "control/endpoint.hpp"
 #include "dataplane/forward.hpp"
+#include "sys/error.hpp"
 #include "sys/fd.hpp"
 
 namespace vp::daemon {
@@ -89,6 +90,43 @@ class Interest {
   bool keep_ = false;
   bool registered_ = false;
   uint32_t mask_ = 0;
+};
+
+/// A one-shot timer in a worker's epoll: a timerfd, created on the first arm() and
+/// registered with `tag` (EPOLLIN), closed by close() or with its owner. The owner's event for
+/// the tag calls consume() before acting on it.
+class OneShotTimer {
+ public:
+  OneShotTimer() = default;
+  OneShotTimer(int epoll, uint64_t tag) noexcept : epoll_(epoll), tag_(tag) {}
+  OneShotTimer(OneShotTimer&& other) noexcept { *this = std::move(other); }
+  OneShotTimer& operator=(OneShotTimer&& other) noexcept;
+  ~OneShotTimer() { close(); }
+
+  /// Creates the timerfd and adds it to the epoll now if that is not done yet (for an owner
+  /// that must know before it relies on the timer). The error says why it could not.
+  Result<void> open();
+  /// Expires once `after` from now, replacing an earlier deadline. True when armed. When
+  /// the timerfd cannot be created (or added to the epoll) the error is returned once; later arms
+  /// try again and return false, without the error, until close() (the caller logs it once).
+  Result<bool> arm(std::chrono::nanoseconds after);
+  /// Cancels the deadline (an expiry already in the epoll batch is then consumed as nothing).
+  void disarm() noexcept;
+  /// Reads the expiry count: 0 when nothing expired since the last arm (re-armed or
+  /// disarmed after it fired), else the expirations (1 for a one-shot). armed() is false
+  /// afterwards when it expired.
+  uint64_t consume() noexcept;
+  bool armed() const noexcept { return armed_; }
+  bool valid() const noexcept { return fd_.valid(); }
+  /// Removes the timer from the epoll and closes it; the next arm() creates it again.
+  void close() noexcept;
+
+ private:
+  int epoll_ = -1;
+  uint64_t tag_ = 0;
+  Fd fd_;  // in the epoll while valid
+  bool armed_ = false;
+  bool failed_ = false;  // creation failed and was reported
 };
 
 class Worker {
