@@ -329,7 +329,7 @@ void VhostUserPort::watch_stall() {
   }
   // The bound is per message: more bytes of the same one do not restart it.
   if (stall_timer_.armed() && stall_message_ == backend_->messages_read()) return;
-  auto armed = stall_timer_.arm(kMessageStallTimeout);
+  auto armed = stall_timer_.arm(worker().message_timeout());
   if (!armed) {
     // Said once per session; later messages are not timed either.
     log::error(name(), ": a stalled front-end message cannot be timed: ", armed.error().message);
@@ -347,7 +347,7 @@ void VhostUserPort::on_stall_timer() {
   if (!backend_ || !backend_->mid_message()) return;
   const std::string why =
       str("the front-end sent ", backend_->describe_partial_message(), " and not the rest within ",
-          kMessageStallTimeout.count(), " s: disconnected");
+          worker().message_timeout().count(), " s: disconnected");
   log::warning(name(), ": ", why);
   end_session(why);
 }

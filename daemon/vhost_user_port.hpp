@@ -28,12 +28,6 @@ namespace vp::daemon {
 
 class VhostUserPort final : public Port, public vhost::Device {
  public:
-  /// How long one vhost-user message may stay incomplete (part of its header, or a header
-  /// without all the payload it announces) before the session is ended: a front-end that
-  /// stalls mid-message would otherwise hold the endpoint, and every other front-end would
-  /// be refused as a second one.
-  static constexpr std::chrono::seconds kMessageStallTimeout{10};
-
   /// `taps` holds one TAP queue per queue pair (at least one).
   VhostUserPort(Worker& worker, uint32_t id, control::EndpointConfig config,
                 std::vector<net::Tap> taps, Fd listener, std::shared_ptr<PortStatus> status);
@@ -157,8 +151,9 @@ class VhostUserPort final : public Port, public vhost::Device {
   dataplane::TxBucket tx_bucket_;
   OneShotTimer tx_timer_{epoll(), tag(EventKind::kTxRateTimer)};
   uint64_t throttled_since_ns_ = 0;  // when the timer was armed
-  // kMessageStallTimeout: created when a message of the session is first left incomplete,
-  // closed with the session, armed only while one is; whole messages cost nothing.
+  // The worker's message_timeout() (vpd --message-timeout): created when a message of the session
+  // is first left incomplete, closed with the session, armed only while one is; whole messages cost
+  // nothing.
   OneShotTimer stall_timer_{epoll(), tag(EventKind::kStallTimer)};
   uint64_t stall_message_ = 0;  // backend_->messages_read() when armed: the message timed
 };

@@ -126,10 +126,12 @@ void OneShotTimer::close() noexcept {
 
 // Worker ------------------------------------------------------------------------------------
 
-Worker::Worker(unsigned index, bool io_uring, EventQueue* events)
+Worker::Worker(unsigned index, bool io_uring, EventQueue* events,
+               std::chrono::seconds message_timeout)
     : index_(index),
       io_uring_(io_uring),
       events_(events),
+      message_timeout_(message_timeout),
       epoll_(::epoll_create1(EPOLL_CLOEXEC)),
       wake_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
   epoll_event ev{};

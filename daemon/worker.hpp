@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "control/endpoint.hpp"
+#include "daemon/options.hpp"
 #include "dataplane/forward.hpp"
 #include "sys/error.hpp"
 #include "sys/fd.hpp"
@@ -137,7 +138,9 @@ class Worker {
   /// `io_uring`: transmit queues may batch their TAP writes with io_uring (the daemon found
   /// it usable and was not told otherwise); false: every queue uses writev.
   /// `events` (may be null) receives its ports' session events; it must outlive the worker.
-  explicit Worker(unsigned index, bool io_uring = false, EventQueue* events = nullptr);
+  /// `message_timeout`: how long its vhost-user sessions may leave a message incomplete.
+  explicit Worker(unsigned index, bool io_uring = false, EventQueue* events = nullptr,
+                  std::chrono::seconds message_timeout = kDefaultMessageTimeout);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -172,6 +175,7 @@ class Worker {
   int epoll() const { return epoll_.get(); }
   dataplane::NetScratch& scratch() { return scratch_; }
   bool io_uring() const { return io_uring_; }
+  std::chrono::seconds message_timeout() const { return message_timeout_; }
   /// Where ports publish their session events (null: nowhere).
   EventQueue* events() const { return events_; }
   /// `port` left work for later (budget used up): continue_work() once the epoll is idle.
@@ -190,6 +194,7 @@ class Worker {
   unsigned index_;
   bool io_uring_;
   EventQueue* events_;
+  std::chrono::seconds message_timeout_;
   Fd epoll_;
   Fd wake_;
   std::thread thread_;

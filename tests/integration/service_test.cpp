@@ -631,5 +631,25 @@ TEST(ServiceCommandLine, version_help_and_unknown_option) {
   EXPECT_TRUE(contains(missing.err, "--state-dir")) << missing.err;
 }
 
+TEST(ServiceCommandLine, timeouts_default_to_10_and_30_s_and_bad_values_are_refused) {
+  test::Run help = test::run({VPD_BINARY, "--help"});
+  EXPECT_EQ(help.status, 0) << help.err;
+  EXPECT_TRUE(contains(help.out, "--message-timeout SECONDS")) << help.out;
+  EXPECT_TRUE(contains(help.out, "incomplete this long (1 to 3600, default 10)")) << help.out;
+  EXPECT_TRUE(contains(help.out, "--request-timeout SECONDS")) << help.out;
+  EXPECT_TRUE(contains(help.out, "newline this long (1 to 3600, default 30)")) << help.out;
+  for (const char* bad : {"0", "3601", "ten", "5s", "-1"}) {
+    test::Run r = test::run({VPD_BINARY, "--message-timeout", bad});
+    EXPECT_EQ(r.status, 2) << bad;
+    EXPECT_TRUE(contains(r.err, std::string("--message-timeout takes a whole number of seconds "
+                                            "from 1 to 3600, not \"") +
+                                    bad + "\""))
+        << r.err;
+    r = test::run({VPD_BINARY, std::string("--request-timeout=") + bad});
+    EXPECT_EQ(r.status, 2) << bad;
+    EXPECT_TRUE(contains(r.err, "--request-timeout takes a whole number of seconds")) << r.err;
+  }
+}
+
 }  // namespace
 }  // namespace vp
