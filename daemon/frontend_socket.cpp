@@ -27,6 +27,13 @@ FrontendSocket::FrontendSocket(const control::EndpointConfig& config, std::strin
                                std::function<void(Fd, PeerProcess)> connected, EventQueue* events)
     : config_(config), what_(what), connected_(std::move(connected)), events_(events) {}
 
+FrontendSocket::~FrontendSocket() {
+  if (const uint64_t held = refusal_log_.take_held(); held > 0) {
+    log::warning(config_.name, ": ", held, " more refused connection", held == 1 ? "" : "s", " on ",
+                 config_.name, " before its front-end socket closed (not logged one by one)");
+  }
+}
+
 void FrontendSocket::publish_refusal(const PeerCredentials& peer, std::string_view reason,
                                      std::string message) {
   if (!events_) return;

@@ -37,6 +37,8 @@ class FrontendSocket {
   /// (may be null).
   FrontendSocket(const control::EndpointConfig& config, std::string_view what,
                  std::function<void(Fd, PeerProcess)> connected, EventQueue* events = nullptr);
+  /// Logs the refusals still held back: the summary timer goes with this object.
+  ~FrontendSocket();
   FrontendSocket(const FrontendSocket&) = delete;
   FrontendSocket& operator=(const FrontendSocket&) = delete;
 

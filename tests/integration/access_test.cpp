@@ -176,6 +176,28 @@ TEST_F(Access, connect_loop_of_refused_peers_logs_a_few_lines_then_one_summary) 
   EXPECT_EQ(count(vpd_->log(), "not in allow="), 6u) << vpd_->log();
 }
 
+TEST_F(Access, refusals_held_back_when_the_endpoint_is_destroyed_are_logged_then) {
+  ASSERT_EQ(vpd_->ctl({"vp0", "create", "allow=12345", "up"}).status, 0) << vpd_->log();
+  constexpr int kConnects = 12;
+  for (int i = 0; i < kConnects; ++i) {
+    auto c = connect_unix(vpd_->runtime_dir() + "/vp0.sock");
+    ASSERT_TRUE(c) << i << ": " << c.error().message;
+    pollfd p{c->get(), POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, 5000), 1) << "vpd did not close connection " << i;
+  }
+  for (int i = 0; i < 250 && status().value("refused_peers", 0) < kConnects; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(status().value("refused_peers", 0), kConnects) << status().dump(2);
+  // Well within the 10 s interval: the summary is still held back.
+  EXPECT_EQ(vpd_->log().find("more refused connection"), std::string::npos) << vpd_->log();
+  ASSERT_EQ(vpd_->ctl({"vp0", "destroy"}).status, 0) << vpd_->log();
+  EXPECT_NE(vpd_->log().find("vp0: 7 more refused connections on vp0 before its front-end "
+                             "socket closed (not logged one by one)"),
+            std::string::npos)
+      << vpd_->log();
+}
+
 TEST_F(Access, lock_mac_drops_guest_frames_posing_as_another_host) {
   ASSERT_EQ(vpd_->ctl({"vp0", "create", "guest-mac=52:54:00:12:34:56", "lock-mac",
                        "address=10.95.0.1/24", "up"})

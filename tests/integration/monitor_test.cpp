@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <functional>
@@ -218,6 +219,29 @@ TEST_F(Monitor, endpoint_life_arrives_as_json_events_in_order) {
   EXPECT_TRUE(contains(mon.first("vp0", "frontend-disconnected").value("reason", ""), "closed"));
   // The link watch put vp0 back up.
   EXPECT_TRUE(has_flag(link_json("vp0"), "UP") || link_json("vp0").is_null());
+}
+
+TEST_F(Monitor, endpoint_destroyed_with_a_frontend_attached_ends_its_session_events_first) {
+  ok({"vp0", "create", "address=10.77.0.1/24", "up"});
+  MonitorProcess mon(vpd().socket(), /*json=*/true, {"vp0"});
+  ASSERT_TRUE(mon.wait_subscribed()) << mon.err_text() << vpd().log();
+  auto fe = attach("vp0");
+  ASSERT_TRUE(fe);
+  ASSERT_TRUE(mon.wait_for("vp0", "carrier-up")) << vpd().log();
+  ok({"vp0", "destroy"});  // the front-end is still connected
+  ASSERT_TRUE(mon.wait_for("vp0", "destroyed")) << vpd().log();
+  const std::vector<std::string> types = mon.types_of("vp0");
+  const auto at = [&](const std::string& type) {
+    return std::find(types.begin(), types.end(), type) - types.begin();
+  };
+  const auto destroyed = at("destroyed");
+  for (const char* type : {"frontend-disconnected", "queues-stopped", "carrier-down"}) {
+    EXPECT_LT(at(type), destroyed)
+        << type << " missing before destroyed: " << ::testing::PrintToString(types);
+  }
+  EXPECT_EQ(mon.first("vp0", "frontend-disconnected").value("reason", ""), "endpoint detached");
+  const json stopped = mon.first("vp0", "queues-stopped");
+  EXPECT_EQ(stopped.value("queues_running", -1), 0) << stopped.dump();
 }
 
 // transport=tap: vpd has no session, so the kernel's carrier (a VMM has the TAP open) is what
