@@ -1,8 +1,5 @@
 // vpctl: configures vpd endpoints with the QNX vpctl syntax.
 
-#include <poll.h>
-#include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -21,9 +18,11 @@
 #include "control/grammar.hpp"
 #include "control/keys.hpp"
 #include "control/protocol.hpp"
+#include "ctl/client.hpp"
 #include "ctl/http_scrape.hpp"
 #include "ctl/libvirt_xml.hpp"
 #include "ctl/metrics.hpp"
+#include "ctl/monitor.hpp"
 #include "ctl/output.hpp"
 #include "ctl/stats_watch.hpp"
 #include "net/ifname.hpp"
@@ -37,11 +36,13 @@ namespace {
 using vp::str;
 namespace control = vp::control;
 
-// Exit codes (vpctl(8)).
-constexpr int kDone = 0;
-constexpr int kRefused = 1;
-constexpr int kUsage = 2;
-constexpr int kUnreachable = 3;
+using vp::ctl::call;
+using vp::ctl::kDone;
+using vp::ctl::kRefused;
+using vp::ctl::kUnreachable;
+using vp::ctl::kUsage;
+using vp::ctl::Reply;
+using vp::ctl::usage_error;
 
 constexpr const char* kHelpCommands =
     "Usage: vpctl [--socket PATH] [--json] COMMAND\n"
@@ -140,95 +141,6 @@ int print_words(std::string_view kind) {
   return kDone;
 }
 
-int usage_error(const std::string& message) {
-  std::fprintf(stderr, "vpctl: %s\nTry 'vpctl --help'.\n", message.c_str());
-  return kUsage;
-}
-
-struct Reply {
-  int status = kDone;
-  control::Response response;
-};
-
-bool permission_denied(const vp::Error& error) {
-  return error.message.ends_with(std::strerror(EACCES));
-}
-
-// Connects to vpd's control socket `socket_path`. When its file is control.sock, this user
-// may not use it (EACCES) and `read_only` (the request changes nothing), control-ro.sock in
-// the same directory is used instead: members of group vpd-ro may list, show and watch
-// endpoints there. `socket_path` becomes the socket used.
-vp::Result<vp::Fd> connect_control(std::string& socket_path, bool read_only) {
-  auto fd = vp::connect_unix(socket_path);
-  if (fd || !permission_denied(fd.error())) return fd;
-  const std::string suffix = str("/", control::kSocketName);
-  if (read_only && (socket_path.ends_with(suffix) || socket_path == control::kSocketName)) {
-    const std::string ro = socket_path.substr(0, socket_path.size() - control::kSocketName.size()) +
-                           std::string(control::kReadOnlySocketName);
-    auto second = vp::connect_unix(ro);
-    if (second) {
-      socket_path = ro;
-      return second;
-    }
-    if (permission_denied(second.error())) {
-      return vp::fail(fd.error().code,
-                      str(fd.error().message, ", and ", ro,
-                          " too (run vpctl as root or as a member of group vpd, or of group "
-                          "vpd-ro to only list, show and watch endpoints)"));
-    }
-  }
-  return vp::fail(
-      fd.error().code,
-      str(fd.error().message, " (run vpctl as root or as a member of group vpd",
-          read_only ? ", or of group vpd-ro to only list, show and watch endpoints" : "", ")"));
-}
-
-Reply call(std::string socket_path, const control::Request& request) {
-  Reply reply;
-  auto unreachable = [&](const std::string& why) {
-    std::fprintf(stderr,
-                 "vpctl: cannot reach vpd at %s: %s.\n"
-                 "Start it with `systemctl start vpd` (or run `vpd` as root), or point --socket "
-                 "or VPD_SOCKET at its control socket.\n",
-                 socket_path.c_str(), why.c_str());
-    reply.status = kUnreachable;
-    return reply;
-  };
-  auto fd = connect_control(socket_path, control::op::is_read_only(request.op));
-  if (!fd) return unreachable(fd.error().message);
-  timeval timeout{30, 0};
-  ::setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  ::setsockopt(fd->get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
-  const std::string line = control::encode(request);
-  size_t sent = 0;
-  while (sent < line.size()) {
-    const ssize_t n = ::send(fd->get(), line.data() + sent, line.size() - sent, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      // vpd may have answered and closed before reading (e.g. "busy"): read that answer.
-      if (errno == EPIPE || errno == ECONNRESET) break;
-      return unreachable(std::strerror(errno));
-    }
-    sent += static_cast<size_t>(n);
-  }
-  std::string in;
-  char buf[65536];
-  while (in.find('\n') == std::string::npos) {
-    const ssize_t n = ::recv(fd->get(), buf, sizeof buf, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      return unreachable("vpd did not answer within 30 seconds");
-    }
-    if (n <= 0) return unreachable("vpd closed the connection without an answer");
-    in.append(buf, static_cast<size_t>(n));
-  }
-  auto response = control::decode_response(in.substr(0, in.find('\n')));
-  if (!response) return unreachable("vpd's answer was not understood: " + response.error().message);
-  reply.response = std::move(*response);
-  reply.status = reply.response.ok ? kDone : kRefused;
-  return reply;
-}
-
 // `stats -i SECONDS [-c COUNT]`: the interval (0.1 s to a day) and how many lines (0: until
 // interrupted). Returns a usage error's sentence, or "".
 std::string parse_stats_options(const std::vector<std::string>& words, double& interval,
@@ -325,132 +237,6 @@ int watch_stats(const std::string& socket_path, const control::Request& request,
   return kDone;
 }
 
-// Whole number in [min, max] for an option; nullopt when it is not one.
-std::optional<long> option_number(std::string_view text, long min, long max) {
-  long value = 0;
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (ec != std::errc() || end != text.data() + text.size() || value < min || value > max) {
-    return std::nullopt;
-  }
-  return value;
-}
-
-// `vpctl monitor [NAME] [--count N] [--timeout S]`: subscribes and prints every event (of
-// NAME only) as it arrives, one line each, flushed at once; stops after N events, after S
-// seconds, or when interrupted. Says on stderr once the subscription runs, so a script can
-// wait for that line before it acts.
-int monitor(std::string socket_path, const std::vector<std::string>& args, bool json) {
-  std::string only;
-  long count = 0;  // 0: no limit
-  long timeout_s = 0;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a == "--count" || a == "--timeout") {
-      if (i + 1 >= args.size()) return usage_error(str(a, " needs a number"));
-      const bool is_count = a == "--count";
-      auto n = option_number(args[++i], 1, is_count ? 1'000'000'000 : 31'536'000);
-      if (!n) {
-        return usage_error(str(a, " takes a whole number ", is_count ? "of events" : "of seconds",
-                               " from 1, not '", args[i], "'"));
-      }
-      (is_count ? count : timeout_s) = *n;
-    } else if (a.starts_with("-")) {
-      return usage_error(str("monitor takes --count N and --timeout S, not ", a));
-    } else if (only.empty()) {
-      if (auto ok = vp::net::validate_ifname(a); !ok) return usage_error(ok.error().message);
-      if (control::is_keyword(a)) {
-        return usage_error(
-            str("'", a, "' is a vpctl word, not an endpoint: `vpctl monitor [NAME]`"));
-      }
-      only = a;
-    } else {
-      return usage_error("monitor watches one endpoint or all: `vpctl monitor [NAME]`");
-    }
-  }
-  auto fd = connect_control(socket_path, /*read_only=*/true);
-  if (!fd) {
-    std::fprintf(stderr,
-                 "vpctl: cannot reach vpd at %s: %s.\n"
-                 "Start it with `systemctl start vpd` (or run `vpd` as root), or point --socket "
-                 "or VPD_SOCKET at its control socket.\n",
-                 socket_path.c_str(), fd.error().message.c_str());
-    return kUnreachable;
-  }
-  control::Request request;
-  request.op = control::op::kMonitor;
-  const std::string line = control::encode(request);
-  if (::send(fd->get(), line.data(), line.size(), MSG_NOSIGNAL) !=
-      static_cast<ssize_t>(line.size())) {
-    std::fprintf(stderr, "vpctl: cannot reach vpd at %s: %s.\n", socket_path.c_str(),
-                 std::strerror(errno));
-    return kUnreachable;
-  }
-  using Clock = std::chrono::steady_clock;
-  const auto deadline = Clock::now() + std::chrono::seconds(timeout_s);
-  bool answered = false;
-  long printed = 0;
-  std::string in;
-  char buf[65536];
-  for (;;) {
-    for (size_t nl; (nl = in.find('\n')) != std::string::npos;) {
-      const std::string one = in.substr(0, nl);
-      in.erase(0, nl + 1);
-      if (!answered) {
-        auto response = control::decode_response(one);
-        if (!response) {
-          std::fprintf(stderr, "vpctl: vpd's answer was not understood: %s\n",
-                       response.error().message.c_str());
-          return kUnreachable;
-        }
-        if (!response->ok) {
-          std::fprintf(stderr, "vpctl: %s (%s)\n", response->error.message.c_str(),
-                       response->error.code.c_str());
-          return kRefused;
-        }
-        answered = true;
-        std::fprintf(stderr, "vpctl: watching %s's events; Ctrl-C stops\n",
-                     only.empty() ? "vpd" : only.c_str());
-        continue;
-      }
-      // Ordered: the line keeps vpd's field order (time, endpoint, type, message first).
-      auto j = nlohmann::ordered_json::parse(one, nullptr, /*allow_exceptions=*/false);
-      if (j.is_discarded() || !j.is_object() || !j.contains("event") || !j["event"].is_object()) {
-        continue;
-      }
-      const auto& event = j["event"];
-      const std::string endpoint = event.value("endpoint", std::string());
-      // "lost" events name no endpoint and concern every filter.
-      if (!only.empty() && !endpoint.empty() && endpoint != only) continue;
-      if (json) {
-        std::printf("%s\n", event.dump().c_str());
-      } else {
-        std::fputs(vp::ctl::format_event(nlohmann::json(event)).c_str(), stdout);
-      }
-      std::fflush(stdout);
-      if (count > 0 && ++printed >= count) return kDone;
-    }
-    int wait_ms = -1;
-    if (timeout_s > 0) {
-      const auto left =
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-      if (left <= 0) return kDone;
-      wait_ms = static_cast<int>(std::min<long long>(left, 60'000));
-    }
-    pollfd p{fd->get(), POLLIN, 0};
-    const int ready = ::poll(&p, 1, wait_ms);
-    if (ready < 0 && errno == EINTR) continue;
-    if (ready == 0) continue;  // the deadline check above ends it
-    const ssize_t n = ::recv(fd->get(), buf, sizeof buf, 0);
-    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-    if (n <= 0) {
-      std::fprintf(stderr, "vpctl: vpd closed the connection%s\n",
-                   answered ? " (it stopped or restarted)" : " without an answer");
-      return kUnreachable;
-    }
-    in.append(buf, static_cast<size_t>(n));
-  }
-}
-
 /// `vpctl metrics --http`: one scrape on stdin/stdout (systemd/vpd-metrics.socket).
 int serve_metrics_http(const std::string& socket_path) {
   control::Request request;
@@ -518,8 +304,8 @@ int main(int argc, char** argv) {
   }
 
   if (words.front() == "monitor") {
-    return monitor(socket_path, std::vector<std::string>(words.begin() + 1, words.end()),
-                   json_output);
+    return vp::ctl::monitor(socket_path, std::vector<std::string>(words.begin() + 1, words.end()),
+                            json_output);
   }
 
   control::Request request;

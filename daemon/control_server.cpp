@@ -34,8 +34,12 @@ std::string ControlServer::lost_line(Client& c) {
                      {{"count", n}}});
 }
 
-ControlServer::ControlServer(std::vector<Listener> listeners, int epoll_fd, Handler handler)
-    : listeners_(std::move(listeners)), epoll_fd_(epoll_fd), handler_(std::move(handler)) {
+ControlServer::ControlServer(std::vector<Listener> listeners, int epoll_fd, Handler handler,
+                             std::chrono::seconds request_timeout)
+    : listeners_(std::move(listeners)),
+      epoll_fd_(epoll_fd),
+      handler_(std::move(handler)),
+      request_timeout_(request_timeout) {
   for (const Listener& l : listeners_) {
     epoll_event ev{};
     ev.events = EPOLLIN;
@@ -222,7 +226,7 @@ void ControlServer::sweep_idle() {
   std::vector<int> idle;
   std::vector<int> stalled;
   for (const auto& [fd, c] : clients_) {
-    if (!c.closing && !c.in.empty() && now - c.line_started > kPartialLineTimeout) {
+    if (!c.closing && !c.in.empty() && now - c.line_started > request_timeout_) {
       stalled.push_back(fd);
       continue;
     }
@@ -235,13 +239,12 @@ void ControlServer::sweep_idle() {
     if (it == clients_.end()) continue;
     Client& c = it->second;
     log::info("control socket: closing a client (pid ", c.peer.pid, ") whose request stayed ",
-              "without its newline for ", kPartialLineTimeout.count(), " s");
+              "without its newline for ", request_timeout_.count(), " s");
     c.in.clear();
     c.out += control::encode(control::error_response(
-        {"request-timeout",
-         str("the request line stayed incomplete for ", kPartialLineTimeout.count(),
-             " s; vpd closed the connection (end each request with a "
-             "newline, and send it whole)")}));
+        {"request-timeout", str("the request line stayed incomplete for ", request_timeout_.count(),
+                                " s; vpd closed the connection (end each request with a "
+                                "newline, and send it whole)")}));
     c.closing = true;
     flush(c);  // closes it once the answer is out (or at once if it cannot be sent)
   }

@@ -8,6 +8,7 @@
 
 #include "control/protocol.hpp"
 #include "daemon/events.hpp"
+#include "daemon/options.hpp"
 #include "sys/fd.hpp"
 #include "sys/unix_socket.hpp"
 
@@ -45,24 +46,23 @@ class ControlServer {
   static constexpr size_t kMaxClients = 256;
   static constexpr size_t kMaxPendingOutput = 4 * 1024 * 1024;
   static constexpr std::chrono::seconds kIdleTimeout{30};
-  /// How long a request line may stay without its newline, however slowly its bytes come:
-  /// a client trickling a byte now and then is never idle, yet must not hold a connection.
-  static constexpr std::chrono::seconds kPartialLineTimeout{30};
   /// Subscribers at once, per listening socket; a further `monitor` request is refused
   /// ("busy").
   static constexpr size_t kMaxSubscribers = 16;
   /// Unsent event bytes held for one subscriber (below kMaxPendingOutput, which closes).
   static constexpr size_t kMaxSubscriberBacklog = 1024 * 1024;
 
-  /// Registers every listener with `epoll_fd`.
-  ControlServer(std::vector<Listener> listeners, int epoll_fd, Handler handler);
+  /// Registers every listener with `epoll_fd`. `request_timeout`: how long a request line
+  /// may stay without its newline (vpd --request-timeout).
+  ControlServer(std::vector<Listener> listeners, int epoll_fd, Handler handler,
+                std::chrono::seconds request_timeout = kDefaultRequestTimeout);
 
   /// True when `fd` is a listener or a client of this server.
   bool owns(int fd) const { return listener_of(fd) != nullptr || clients_.contains(fd); }
   /// Handles readiness `events` (EPOLLIN, ...) on `fd`.
   void on_event(int fd, uint32_t events);
   /// Closes clients idle for longer than kIdleTimeout, and those whose request line has been
-  /// incomplete for longer than kPartialLineTimeout (told so first).
+  /// incomplete for longer than the request timeout (told so first).
   void sweep_idle();
   /// Writes `event` to every subscriber (control thread).
   void publish(const Event& event);
@@ -106,6 +106,7 @@ class ControlServer {
   std::vector<Listener> listeners_;
   int epoll_fd_;
   Handler handler_;
+  std::chrono::seconds request_timeout_;
   std::map<int, Client> clients_;
 };
 

@@ -11,7 +11,8 @@
 
 namespace vp::daemon {
 
-Dataplane::Dataplane(unsigned workers, bool try_io_uring, EventQueue* events) {
+Dataplane::Dataplane(unsigned workers, bool try_io_uring, EventQueue* events,
+                     std::chrono::seconds message_timeout) {
   if (!try_io_uring) {
     log::info("guest->host path: writev (io_uring switched off by --no-io-uring)");
   } else if (auto usable = dataplane::TxUring::probe(); !usable) {
@@ -22,7 +23,7 @@ Dataplane::Dataplane(unsigned workers, bool try_io_uring, EventQueue* events) {
     log::info("guest->host path: io_uring (one submission per batch of TAP writes)");
   }
   for (unsigned i = 0; i < std::max(1u, workers); ++i) {
-    workers_.push_back(std::make_unique<Worker>(i, io_uring_, events));
+    workers_.push_back(std::make_unique<Worker>(i, io_uring_, events, message_timeout));
   }
 }
 

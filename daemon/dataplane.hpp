@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "control/endpoint.hpp"
+#include "daemon/options.hpp"
 #include "daemon/session_view.hpp"
 #include "net/tap.hpp"
 #include "sys/fd.hpp"
@@ -29,7 +30,9 @@ class Dataplane {
   /// io_uring if the kernel lets vpd set one up (checked once here; if not, vpd says why in
   /// the log once and every queue uses writev); without it they always use writev.
   /// `events` (may be null; must outlive the Dataplane) receives the session events.
-  explicit Dataplane(unsigned workers, bool try_io_uring = true, EventQueue* events = nullptr);
+  /// `message_timeout`: how long a vhost-user front-end may leave a message incomplete.
+  explicit Dataplane(unsigned workers, bool try_io_uring = true, EventQueue* events = nullptr,
+                     std::chrono::seconds message_timeout = kDefaultMessageTimeout);
   ~Dataplane();
   Dataplane(const Dataplane&) = delete;
   Dataplane& operator=(const Dataplane&) = delete;

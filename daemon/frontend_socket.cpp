@@ -27,6 +27,13 @@ FrontendSocket::FrontendSocket(const control::EndpointConfig& config, std::strin
                                std::function<void(Fd, PeerProcess)> connected, EventQueue* events)
     : config_(config), what_(what), connected_(std::move(connected)), events_(events) {}
 
+FrontendSocket::~FrontendSocket() {
+  if (const uint64_t held = refusal_log_.take_held(); held > 0) {
+    log::warning(config_.name, ": ", held, " more refused connection", held == 1 ? "" : "s", " on ",
+                 config_.name, " before its front-end socket closed (not logged one by one)");
+  }
+}
+
 void FrontendSocket::publish_refusal(const PeerCredentials& peer, std::string_view reason,
                                      std::string message) {
   if (!events_) return;
@@ -37,8 +44,7 @@ void FrontendSocket::publish_refusal(const PeerCredentials& peer, std::string_vi
 
 void FrontendSocket::open(int epoll, Fd listener, uint64_t listener_tag, uint64_t redial_tag,
                           uint64_t summary_tag) {
-  epoll_ = epoll;
-  summary_tag_ = summary_tag;
+  summary_timer_ = OneShotTimer(epoll, summary_tag);
   listener_ = std::move(listener);
   if (listener_) {
     listener_interest_ = Interest(epoll, listener_.get(), listener_tag);
@@ -99,20 +105,11 @@ void FrontendSocket::log_refusal(const std::string& why) {
     return;
   }
   // Held back: the summary goes out when the interval ends, even if no refusal follows.
-  if (!summary_timer_) {
-    summary_timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
-    if (!summary_timer_) return;  // the summary then comes with the next refusal
-    summary_interest_ = Interest(epoll_, summary_timer_.get(), summary_tag_);
-    summary_interest_.set(EPOLLIN);
-  }
+  // Without a timer the summary comes with the next refusal.
   const auto due = refusal_log_.summary_due();
   if (!due) return;
-  const auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(
-      std::max(*due - LogLimiter::Clock::now(), LogLimiter::Clock::duration(1)));
-  itimerspec t{};
-  t.it_value.tv_sec = static_cast<time_t>(wait.count() / 1'000'000'000);
-  t.it_value.tv_nsec = static_cast<long>(wait.count() % 1'000'000'000);
-  ::timerfd_settime(summary_timer_.get(), 0, &t, nullptr);
+  (void)summary_timer_.arm(std::chrono::duration_cast<std::chrono::nanoseconds>(
+      std::max(*due - LogLimiter::Clock::now(), LogLimiter::Clock::duration(1))));
 }
 
 void FrontendSocket::log_summary(uint64_t held) {
@@ -123,15 +120,13 @@ void FrontendSocket::log_summary(uint64_t held) {
 }
 
 void FrontendSocket::on_summary_timer() {
-  uint64_t expirations = 0;
-  (void)!::read(summary_timer_.get(), &expirations, sizeof expirations);
+  summary_timer_.consume();
   if (const uint64_t held = refusal_log_.take_summary(LogLimiter::Clock::now()); held > 0) {
     log_summary(held);
   }
   // Made again by the next flood: an endpoint nobody floods holds no fd for it.
   if (!refusal_log_.summary_due()) {
-    summary_interest_.clear();
-    summary_timer_.reset();
+    summary_timer_.close();
   }
 }
 

@@ -37,6 +37,8 @@ class FrontendSocket {
   /// (may be null).
   FrontendSocket(const control::EndpointConfig& config, std::string_view what,
                  std::function<void(Fd, PeerProcess)> connected, EventQueue* events = nullptr);
+  /// Logs the refusals still held back: the summary timer goes with this object.
+  ~FrontendSocket();
   FrontendSocket(const FrontendSocket&) = delete;
   FrontendSocket& operator=(const FrontendSocket&) = delete;
 
@@ -83,10 +85,8 @@ class FrontendSocket {
   int backoff_ms_ = 0;
   uint64_t refused_peers_ = 0;
   LogLimiter refusal_log_{kRefusalLogBurst, kRefusalLogInterval};
-  int epoll_ = -1;
-  uint64_t summary_tag_ = 0;
-  Fd summary_timer_;  // made when a refusal is held back, closed once the summary is out
-  Interest summary_interest_;
+  OneShotTimer
+      summary_timer_;  // created when a refusal is held back, closed once the summary is out
 };
 
 }  // namespace vp::daemon

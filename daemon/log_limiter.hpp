@@ -59,6 +59,15 @@ class LogLimiter {
     return n;
   }
 
+  /// The lines held back in the current interval, over or not (the limiter's owner goes
+  /// away: what it held must still be said); they are then forgotten.
+  uint64_t take_held() noexcept {
+    const uint64_t n = held_;
+    held_ = 0;
+    open_ = false;
+    return n;
+  }
+
   Clock::duration interval() const noexcept { return interval_; }
 
  private:

@@ -265,10 +265,12 @@ class ControlLoop {
       if (l.access == ControlServer::Access::kReadOnly) read_only = l.path;
     }
     const bool activated = sockets.activated;
-    ControlServer server(std::move(sockets.listeners), epoll_.get(),
-                         [&](const control::Request& request, const PeerCredentials& peer) {
-                           return handle(request, peer);
-                         });
+    ControlServer server(
+        std::move(sockets.listeners), epoll_.get(),
+        [&](const control::Request& request, const PeerCredentials& peer) {
+          return handle(request, peer);
+        },
+        options_.request_timeout);
     start_tick();
     watch_readable(epoll_.get(), sigfd_.get());
     watch_readable(epoll_.get(), timer_.get());
@@ -286,6 +288,9 @@ class ControlLoop {
     log::notice("vpd ", kVersion, " ready: ", registry_.size(), " endpoint",
                 registry_.size() == 1 ? "" : "s", ", control socket ", socket_path_, ", read-only ",
                 read_only, activated ? " (from systemd)" : "");
+    log::info("bounds: a front-end message arrives whole within ", options_.message_timeout.count(),
+              " s (--message-timeout), a control request line within ",
+              options_.request_timeout.count(), " s (--request-timeout)");
     sd_notify(0, str("READY=1\n", status_line(registry_, socket_path_)).c_str());
     if (watchdog_) pet_watchdog();
 
@@ -338,7 +343,9 @@ class ControlLoop {
   /// One periodic tick: the watchdog (at half its interval) and idle-client sweeping.
   void start_tick() {
     watchdog_ = sd_watchdog_enabled(0, &watchdog_usec_) > 0;
-    uint64_t tick_usec = 5'000'000;
+    // Often enough that a request line is closed within half its timeout past the bound.
+    uint64_t tick_usec = std::min<uint64_t>(
+        5'000'000, static_cast<uint64_t>(options_.request_timeout.count()) * 1'000'000 / 2);
     if (watchdog_)
       tick_usec = std::min<uint64_t>(tick_usec, std::max<uint64_t>(watchdog_usec_ / 2, 1000));
     timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
@@ -449,7 +456,8 @@ int run(const Options& o) {
   // Data-path workers: one per core, at most 4; each owns whole endpoints.
   // Events for `vpctl monitor`, from the registry and the workers; outlives both.
   EventQueue events;
-  Dataplane dataplane(std::clamp(std::thread::hardware_concurrency(), 1u, 4u), o.io_uring, &events);
+  Dataplane dataplane(std::clamp(std::thread::hardware_concurrency(), 1u, 4u), o.io_uring, &events,
+                      o.message_timeout);
   Registry registry(std::move(*netlink), {o.runtime_dir, state_path}, net::read_machine_id(),
                     dataplane, &events);
   sd_notify(0, "STATUS=restoring saved endpoints");

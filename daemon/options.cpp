@@ -1,5 +1,7 @@
 #include "daemon/options.hpp"
 
+#include <charconv>
+#include <cstdint>
 #include <string_view>
 
 #include "sys/str.hpp"
@@ -21,6 +23,12 @@ const char* const kUsage =
     "  --verbose           log debug lines too\n"
     "  --no-io-uring       write guest frames to the TAP with writev, one system call per\n"
     "                      frame, even where io_uring is available\n"
+    "  --message-timeout SECONDS\n"
+    "                      end a vhost-user session whose front-end leaves one message\n"
+    "                      incomplete this long (1 to 3600, default 10)\n"
+    "  --request-timeout SECONDS\n"
+    "                      close a control connection whose request line stays without its\n"
+    "                      newline this long (1 to 3600, default 30)\n"
     "  --version           print the version and exit\n"
     "  --help              print this help and exit\n"
     "\n"
@@ -47,6 +55,20 @@ Result<Options> parse_options(int argc, char** argv) {
       return arg == name ||
              (arg.starts_with(name) && arg.size() > name.size() && arg[name.size()] == '=');
     };
+    auto seconds = [&](std::chrono::seconds& out) -> Result<void> {
+      std::string text;
+      if (auto got = value(text); !got) return got;
+      const std::string_view name = arg.substr(0, arg.find('='));
+      uint64_t n = 0;
+      const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+      if (ec != std::errc{} || end != text.data() + text.size() || n < 1 ||
+          n > static_cast<uint64_t>(kMaxTimeout.count())) {
+        return fail("usage", str(name, " takes a whole number of seconds from 1 to ",
+                                 kMaxTimeout.count(), ", not \"", text, "\""));
+      }
+      out = std::chrono::seconds(n);
+      return {};
+    };
     Result<void> ok;
     if (arg == "--help" || arg == "-h") {
       o.help = true;
@@ -58,6 +80,10 @@ Result<Options> parse_options(int argc, char** argv) {
       o.verbose = true;
     } else if (arg == "--no-io-uring") {
       o.io_uring = false;
+    } else if (is("--message-timeout")) {
+      ok = seconds(o.message_timeout);
+    } else if (is("--request-timeout")) {
+      ok = seconds(o.request_timeout);
     } else if (is("--config")) {
       ok = value(o.config);
     } else if (is("--runtime-dir")) {

@@ -94,6 +94,9 @@ void Port::end_session(std::string_view why) {
 void Port::close_for_detach() {
   detaching_ = true;
   end_session("endpoint detached");
+  // The session's last events (queues stopped, carrier down) go out before the endpoint's
+  // own (destroyed): a subscriber's view of it ends as it would on a disconnect.
+  publish();
 }
 
 void Port::mark_pending() {

@@ -318,10 +318,7 @@ void VhostUserPort::close_session(std::string_view why) {
   (void)tap.set_carrier(false);
   carrier_ = false;
   // The stall timer belongs to the session: an endpoint without one holds no fd for it.
-  stall_interest_.clear();
-  stall_timer_.reset();
-  stall_armed_ = false;
-  stall_timer_failed_ = false;
+  stall_timer_.close();
   log::notice(name(), ": frontend session ended (", why, ")");
 }
 
@@ -331,45 +328,26 @@ void VhostUserPort::watch_stall() {
     return;
   }
   // The bound is per message: more bytes of the same one do not restart it.
-  if (stall_armed_ && stall_message_ == backend_->messages_read()) return;
-  if (!stall_timer_) {
-    stall_timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
-    if (!stall_timer_) {
-      if (!stall_timer_failed_) {
-        log::error(name(), ": a stalled front-end message cannot be timed: timerfd_create: ",
-                   std::strerror(errno));
-      }
-      stall_timer_failed_ = true;  // said once per session
-      return;
-    }
-    stall_interest_ = Interest(epoll(), stall_timer_.get(), tag(EventKind::kStallTimer));
-    stall_interest_.set(EPOLLIN);
+  if (stall_timer_.armed() && stall_message_ == backend_->messages_read()) return;
+  auto armed = stall_timer_.arm(worker().message_timeout());
+  if (!armed) {
+    // Said once per session; later messages are not timed either.
+    log::error(name(), ": a stalled front-end message cannot be timed: ", armed.error().message);
+    return;
   }
-  itimerspec t{};
-  t.it_value.tv_sec = static_cast<time_t>(kMessageStallTimeout.count());
-  ::timerfd_settime(stall_timer_.get(), 0, &t, nullptr);
-  stall_armed_ = true;
-  stall_message_ = backend_->messages_read();
+  if (*armed) stall_message_ = backend_->messages_read();
 }
 
-void VhostUserPort::disarm_stall() {
-  if (!stall_armed_) return;
-  const itimerspec off{};
-  ::timerfd_settime(stall_timer_.get(), 0, &off, nullptr);
-  stall_armed_ = false;
-}
+void VhostUserPort::disarm_stall() { stall_timer_.disarm(); }
 
 void VhostUserPort::on_stall_timer() {
-  // Nothing to read: re-armed (or closed) since it fired, e.g. for a message that began in
+  // Nothing expired: re-armed (or disarmed) since it fired, e.g. for a message that began in
   // the same wake-up; that one has its own deadline.
-  uint64_t expirations = 0;
-  if (::read(stall_timer_.get(), &expirations, sizeof expirations) != sizeof expirations) return;
-  if (!stall_armed_) return;  // disarmed after it fired
-  stall_armed_ = false;
+  if (stall_timer_.consume() == 0) return;
   if (!backend_ || !backend_->mid_message()) return;
   const std::string why =
       str("the front-end sent ", backend_->describe_partial_message(), " and not the rest within ",
-          kMessageStallTimeout.count(), " s: disconnected");
+          worker().message_timeout().count(), " s: disconnected");
   log::warning(name(), ": ", why);
   end_session(why);
 }
@@ -601,23 +579,17 @@ void VhostUserPort::run_rx(uint32_t p) {
 void VhostUserPort::apply_tx_rate() {
   const control::Rate& rate = config_.tx_rate;
   tx_bucket_.configure(rate.bits / 8, rate.packets, monotonic_ns());
-  if (tx_bucket_.limited() && !tx_timer_) {
-    tx_timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
-    if (!tx_timer_) {
+  if (tx_bucket_.limited()) {
+    if (auto opened = tx_timer_.open(); !opened) {
       // Without a timer a throttled ring would never resume: run without the limit.
       log::error(name(), ": tx-rate=", control::rate_text(rate),
-                 " not applied: timerfd_create: ", std::strerror(errno));
+                 " not applied: ", opened.error().message);
       tx_bucket_.configure(0, 0, 0);
-    } else {
-      tx_timer_interest_ = Interest(epoll(), tx_timer_.get(), tag(EventKind::kTxRateTimer));
-      tx_timer_interest_.set(EPOLLIN);
     }
   }
   // A new bucket starts full (or there is none): whatever it held back may go now.
-  if (tx_timer_armed_) {
-    const itimerspec off{};
-    ::timerfd_settime(tx_timer_.get(), 0, &off, nullptr);
-    tx_timer_armed_ = false;
+  if (tx_timer_.armed()) {
+    tx_timer_.disarm();
     local_.tx_throttled_us += (monotonic_ns() - throttled_since_ns_) / 1000;
   }
   resume_throttled_tx();
@@ -629,21 +601,16 @@ void VhostUserPort::throttle_tx(uint32_t p) {
     pair.tx_throttled = true;
     ++local_.tx_throttled;
   }
-  if (tx_timer_armed_) return;
-  const uint64_t wait = tx_bucket_.refill_wait_ns();
-  itimerspec t{};
-  t.it_value.tv_sec = static_cast<time_t>(wait / 1'000'000'000u);
-  t.it_value.tv_nsec = static_cast<long>(wait % 1'000'000'000u);
-  ::timerfd_settime(tx_timer_.get(), 0, &t, nullptr);
-  tx_timer_armed_ = true;
-  throttled_since_ns_ = monotonic_ns();
+  if (tx_timer_.armed()) return;
+  // The timer exists: apply_tx_rate() runs without a limit when it cannot be created.
+  if (tx_timer_.arm(std::chrono::nanoseconds(tx_bucket_.refill_wait_ns())).value_or(false)) {
+    throttled_since_ns_ = monotonic_ns();
+  }
 }
 
 void VhostUserPort::on_tx_rate_timer() {
-  uint64_t expirations = 0;
-  (void)!::read(tx_timer_.get(), &expirations, sizeof expirations);
-  if (!tx_timer_armed_) return;  // disarmed by a new tx-rate= after it fired
-  tx_timer_armed_ = false;
+  // Nothing expired: disarmed by a new tx-rate= after it fired.
+  if (tx_timer_.consume() == 0) return;
   local_.tx_throttled_us += (monotonic_ns() - throttled_since_ns_) / 1000;
   resume_throttled_tx();
 }

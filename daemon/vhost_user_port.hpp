@@ -28,12 +28,6 @@ namespace vp::daemon {
 
 class VhostUserPort final : public Port, public vhost::Device {
  public:
-  /// How long one vhost-user message may stay incomplete (part of its header, or a header
-  /// without all the payload it announces) before the session is ended: a front-end that
-  /// stalls mid-message would otherwise hold the endpoint, and every other front-end would
-  /// be refused as a second one.
-  static constexpr std::chrono::seconds kMessageStallTimeout{10};
-
   /// `taps` holds one TAP queue per queue pair (at least one).
   VhostUserPort(Worker& worker, uint32_t id, control::EndpointConfig config,
                 std::vector<net::Tap> taps, Fd listener, std::shared_ptr<PortStatus> status);
@@ -153,20 +147,15 @@ class VhostUserPort final : public Port, public vhost::Device {
   bool carrier_ = false;
   bool io_uring_ = false;  // the worker's choice: transmit queues try io_uring
   // tx-rate=: one bucket for the endpoint, shared by its pairs (all on this worker), and its
-  // refill timer (a timerfd, made when a limit is first set).
+  // refill timer (created when a limit is first set).
   dataplane::TxBucket tx_bucket_;
-  Fd tx_timer_;
-  Interest tx_timer_interest_;
-  bool tx_timer_armed_ = false;
+  OneShotTimer tx_timer_{epoll(), tag(EventKind::kTxRateTimer)};
   uint64_t throttled_since_ns_ = 0;  // when the timer was armed
-  // kMessageStallTimeout: a timerfd (made when a message of the session is first left
-  // incomplete, closed with the session), armed only while one is; whole messages cost
+  // The worker's message_timeout() (vpd --message-timeout): created when a message of the session
+  // is first left incomplete, closed with the session, armed only while one is; whole messages cost
   // nothing.
-  Fd stall_timer_;
-  Interest stall_interest_;
-  bool stall_armed_ = false;
-  bool stall_timer_failed_ = false;  // timerfd_create failed in this session (logged)
-  uint64_t stall_message_ = 0;       // backend_->messages_read() when armed: the message timed
+  OneShotTimer stall_timer_{epoll(), tag(EventKind::kStallTimer)};
+  uint64_t stall_message_ = 0;  // backend_->messages_read() when armed: the message timed
 };
 
 }  // namespace vp::daemon

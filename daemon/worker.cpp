@@ -4,8 +4,10 @@
 #include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
@@ -58,12 +60,78 @@ void Interest::clear() noexcept {
   mask_ = 0;
 }
 
+// OneShotTimer ------------------------------------------------------------------------------
+
+OneShotTimer& OneShotTimer::operator=(OneShotTimer&& other) noexcept {
+  if (this == &other) return *this;
+  close();
+  epoll_ = other.epoll_;
+  tag_ = other.tag_;
+  fd_ = std::move(other.fd_);
+  armed_ = std::exchange(other.armed_, false);
+  failed_ = std::exchange(other.failed_, false);
+  return *this;
+}
+
+Result<void> OneShotTimer::open() {
+  if (fd_) return {};
+  fd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+  if (!fd_) return sys_fail("timerfd_create", errno);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = tag_;
+  if (::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd_.get(), &ev) < 0) {
+    const int err = errno;
+    fd_.reset();
+    return sys_fail("epoll_ctl EPOLL_CTL_ADD of a timerfd", err);
+  }
+  return {};
+}
+
+Result<bool> OneShotTimer::arm(std::chrono::nanoseconds after) {
+  if (auto opened = open(); !opened) {
+    if (std::exchange(failed_, true)) return false;
+    return std::unexpected(std::move(opened.error()));
+  }
+  // A zero it_value would disarm the timer: the earliest deadline is 1 ns from now.
+  const int64_t ns = std::max<int64_t>(after.count(), 1);
+  itimerspec t{};
+  t.it_value.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+  t.it_value.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+  ::timerfd_settime(fd_.get(), 0, &t, nullptr);
+  armed_ = true;
+  return true;
+}
+
+void OneShotTimer::disarm() noexcept {
+  if (!armed_) return;
+  const itimerspec off{};
+  ::timerfd_settime(fd_.get(), 0, &off, nullptr);
+  armed_ = false;
+}
+
+uint64_t OneShotTimer::consume() noexcept {
+  uint64_t expirations = 0;
+  if (!fd_ || ::read(fd_.get(), &expirations, sizeof expirations) != sizeof expirations) return 0;
+  armed_ = false;
+  return expirations;
+}
+
+void OneShotTimer::close() noexcept {
+  if (fd_) ::epoll_ctl(epoll_, EPOLL_CTL_DEL, fd_.get(), nullptr);
+  fd_.reset();
+  armed_ = false;
+  failed_ = false;
+}
+
 // Worker ------------------------------------------------------------------------------------
 
-Worker::Worker(unsigned index, bool io_uring, EventQueue* events)
+Worker::Worker(unsigned index, bool io_uring, EventQueue* events,
+               std::chrono::seconds message_timeout)
     : index_(index),
       io_uring_(io_uring),
       events_(events),
+      message_timeout_(message_timeout),
       epoll_(::epoll_create1(EPOLL_CLOEXEC)),
       wake_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
   epoll_event ev{};

@@ -18,7 +18,9 @@
 #include <vector>
 
 #include "control/endpoint.hpp"
+#include "daemon/options.hpp"
 #include "dataplane/forward.hpp"
+#include "sys/error.hpp"
 #include "sys/fd.hpp"
 
 namespace vp::daemon {
@@ -91,6 +93,43 @@ class Interest {
   uint32_t mask_ = 0;
 };
 
+/// A one-shot timer in a worker's epoll: a timerfd, created on the first arm() and
+/// registered with `tag` (EPOLLIN), closed by close() or with its owner. The owner's event for
+/// the tag calls consume() before acting on it.
+class OneShotTimer {
+ public:
+  OneShotTimer() = default;
+  OneShotTimer(int epoll, uint64_t tag) noexcept : epoll_(epoll), tag_(tag) {}
+  OneShotTimer(OneShotTimer&& other) noexcept { *this = std::move(other); }
+  OneShotTimer& operator=(OneShotTimer&& other) noexcept;
+  ~OneShotTimer() { close(); }
+
+  /// Creates the timerfd and adds it to the epoll now if that is not done yet (for an owner
+  /// that must know before it relies on the timer). The error says why it could not.
+  Result<void> open();
+  /// Expires once `after` from now, replacing an earlier deadline. True when armed. When
+  /// the timerfd cannot be created (or added to the epoll) the error is returned once; later arms
+  /// try again and return false, without the error, until close() (the caller logs it once).
+  Result<bool> arm(std::chrono::nanoseconds after);
+  /// Cancels the deadline (an expiry already in the epoll batch is then consumed as nothing).
+  void disarm() noexcept;
+  /// Reads the expiry count: 0 when nothing expired since the last arm (re-armed or
+  /// disarmed after it fired), else the expirations (1 for a one-shot). armed() is false
+  /// afterwards when it expired.
+  uint64_t consume() noexcept;
+  bool armed() const noexcept { return armed_; }
+  bool valid() const noexcept { return fd_.valid(); }
+  /// Removes the timer from the epoll and closes it; the next arm() creates it again.
+  void close() noexcept;
+
+ private:
+  int epoll_ = -1;
+  uint64_t tag_ = 0;
+  Fd fd_;  // in the epoll while valid
+  bool armed_ = false;
+  bool failed_ = false;  // creation failed and was reported
+};
+
 class Worker {
  public:
   using MakePort = std::function<std::unique_ptr<Port>(Worker&, uint32_t id,
@@ -99,7 +138,9 @@ class Worker {
   /// `io_uring`: transmit queues may batch their TAP writes with io_uring (the daemon found
   /// it usable and was not told otherwise); false: every queue uses writev.
   /// `events` (may be null) receives its ports' session events; it must outlive the worker.
-  explicit Worker(unsigned index, bool io_uring = false, EventQueue* events = nullptr);
+  /// `message_timeout`: how long its vhost-user sessions may leave a message incomplete.
+  explicit Worker(unsigned index, bool io_uring = false, EventQueue* events = nullptr,
+                  std::chrono::seconds message_timeout = kDefaultMessageTimeout);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -134,6 +175,7 @@ class Worker {
   int epoll() const { return epoll_.get(); }
   dataplane::NetScratch& scratch() { return scratch_; }
   bool io_uring() const { return io_uring_; }
+  std::chrono::seconds message_timeout() const { return message_timeout_; }
   /// Where ports publish their session events (null: nowhere).
   EventQueue* events() const { return events_; }
   /// `port` left work for later (budget used up): continue_work() once the epoll is idle.
@@ -152,6 +194,7 @@ class Worker {
   unsigned index_;
   bool io_uring_;
   EventQueue* events_;
+  std::chrono::seconds message_timeout_;
   Fd epoll_;
   Fd wake_;
   std::thread thread_;

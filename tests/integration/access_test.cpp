@@ -52,6 +52,25 @@ class Access : public ::testing::Test {
 
   nlohmann::json status() { return vpd_->ctl_json({"vp0"})["status"]; }
 
+  /// Connects to vp0's bind socket `n` times, each connection closed by vpd (refused), then
+  /// waits until refused_peers counts `total`.
+  ::testing::AssertionResult refuse_connections(int n, int total) {
+    for (int i = 0; i < n; ++i) {
+      auto c = connect_unix(vpd_->runtime_dir() + "/vp0.sock");
+      if (!c) return ::testing::AssertionFailure() << i << ": " << c.error().message;
+      pollfd p{c->get(), POLLIN, 0};
+      if (::poll(&p, 1, 5000) != 1) {
+        return ::testing::AssertionFailure() << "vpd did not close connection " << i;
+      }
+    }
+    for (int i = 0; i < 250 && status().value("refused_peers", 0) < total; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (status().value("refused_peers", 0) == total) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure()
+           << "refused_peers is not " << total << ": " << status().dump(2);
+  }
+
   // Connects a front-end to vp0's bind socket and negotiates; false if vpd hung up.
   bool attach() {
     auto fe = VhostFrontend::connect(vpd_->runtime_dir() + "/vp0.sock", VhostFrontend::Options{});
@@ -143,17 +162,8 @@ TEST_F(Access, connect_loop_of_refused_peers_logs_a_few_lines_then_one_summary) 
   };
   // Root is not on the list: every one of these is refused.
   constexpr int kConnects = 60;
-  for (int i = 0; i < kConnects; ++i) {
-    auto c = connect_unix(vpd_->runtime_dir() + "/vp0.sock");
-    ASSERT_TRUE(c) << i << ": " << c.error().message;
-    pollfd p{c->get(), POLLIN, 0};
-    ASSERT_EQ(::poll(&p, 1, 5000), 1) << "vpd did not close connection " << i;
-  }
   // The counter counts every one.
-  for (int i = 0; i < 250 && status().value("refused_peers", 0) < kConnects; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  EXPECT_EQ(status().value("refused_peers", 0), kConnects) << status().dump(2);
+  ASSERT_TRUE(refuse_connections(kConnects, kConnects)) << vpd_->log();
   // The log has the first five (FrontendSocket::kRefusalLogBurst) and, once the 10 s interval
   // is over, one line for the rest, with no further refusal needed to bring it out.
   const std::string summary = "55 more refused connections on vp0 in the last 10 s";
@@ -167,13 +177,21 @@ TEST_F(Access, connect_loop_of_refused_peers_logs_a_few_lines_then_one_summary) 
   EXPECT_EQ(count(log, "more refused connection"), 1u) << log;
 
   // The next interval logs its first refusals again.
-  auto c = connect_unix(vpd_->runtime_dir() + "/vp0.sock");
-  ASSERT_TRUE(c);
-  for (int i = 0; i < 250 && status().value("refused_peers", 0) < kConnects + 1; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  EXPECT_EQ(status().value("refused_peers", 0), kConnects + 1);
+  ASSERT_TRUE(refuse_connections(1, kConnects + 1)) << vpd_->log();
   EXPECT_EQ(count(vpd_->log(), "not in allow="), 6u) << vpd_->log();
+}
+
+TEST_F(Access, refusals_held_back_when_the_endpoint_is_destroyed_are_logged_then) {
+  ASSERT_EQ(vpd_->ctl({"vp0", "create", "allow=12345", "up"}).status, 0) << vpd_->log();
+  // 5 logged one by one (FrontendSocket::kRefusalLogBurst), 7 held back.
+  ASSERT_TRUE(refuse_connections(12, 12)) << vpd_->log();
+  // Well within the 10 s interval: the summary is still held back.
+  EXPECT_EQ(vpd_->log().find("more refused connection"), std::string::npos) << vpd_->log();
+  ASSERT_EQ(vpd_->ctl({"vp0", "destroy"}).status, 0) << vpd_->log();
+  EXPECT_NE(vpd_->log().find("vp0: 7 more refused connections on vp0 before its front-end "
+                             "socket closed (not logged one by one)"),
+            std::string::npos)
+      << vpd_->log();
 }
 
 TEST_F(Access, lock_mac_drops_guest_frames_posing_as_another_host) {

@@ -260,7 +260,8 @@ class BadInput : public ::testing::Test {
     ASSERT_TRUE(test::sh("ip link add br0 type bridge"));
     ASSERT_TRUE(test::sh("ip link add ve0 type veth peer name ve1"));
     vpd_ = std::make_unique<test::Vpd>(dir_.path());
-    ASSERT_EQ(vpd_->start(), "");
+    // A short request-line bound (the default is 30 s), so the trickle test waits 3 s, not 30.
+    ASSERT_EQ(vpd_->start({"--request-timeout", "3"}), "");
     test::Run r = vpd_->ctl({"vp0", "create", "mac=02:00:00:00:00:01", "peerfeats=0x19c3",
                              "address=10.1.0.1/24", "bridge=br0", "mtu=1400", "up"});
     ASSERT_EQ(r.status, 0) << r.err;
@@ -691,18 +692,18 @@ TEST_F(BadInput, half_a_line_trickled_a_byte_at_a_time_is_answered_then_closed_a
   Conn trickler(vpd_->socket());
   ASSERT_TRUE(trickler.connected()) << trickler.error();
   ASSERT_EQ(trickler.send(R"({"version":1,"op":"hello","endpoint":")"), Conn::Sent::kAll);
-  // A byte every 5 s: never silent for the 30 s that close an idle client, yet the line never
-  // ends. vpd's bound (kPartialLineTimeout, 30 s) is checked on its 5 s tick.
+  // A byte every second: never silent for the 30 s that close an idle client, yet the line
+  // never ends. vpd's bound (--request-timeout 3) is checked on its tick, half of that.
   std::optional<std::string> reply;
-  const auto deadline = std::chrono::steady_clock::now() + 90s;
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
   while (!reply && std::chrono::steady_clock::now() < deadline) {
-    reply = trickler.line(5s);
+    reply = trickler.line(1s);
     if (!reply && trickler.send("x") != Conn::Sent::kAll) break;
   }
   ASSERT_TRUE(reply) << "vpd neither answered nor closed the trickling client";
-  EXPECT_TRUE(is_error_line(*reply, "request-timeout", "incomplete for 30 s"));
+  EXPECT_TRUE(is_error_line(*reply, "request-timeout", "incomplete for 3 s"));
   EXPECT_TRUE(trickler.closed_by_vpd()) << "vpd kept the connection open";
-  EXPECT_NE(vpd_->log().find("without its newline for 30 s"), std::string::npos) << vpd_->log();
+  EXPECT_NE(vpd_->log().find("without its newline for 3 s"), std::string::npos) << vpd_->log();
   // Everyone else is served as before.
   const std::string other = test::raw_exchange(vpd_->socket(), request("hello"));
   EXPECT_EQ(ok_result(other.substr(0, other.find('\n'))).value("daemon", ""), "vpd");

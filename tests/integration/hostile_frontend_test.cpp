@@ -246,12 +246,18 @@ nlohmann::json next_event(int fd, const std::string& endpoint, const std::string
   return nullptr;
 }
 
+// The bound vpd is given (--message-timeout) for one message to arrive whole, and how long
+// past it the test waits for the disconnect at most.
+constexpr auto kStallBound = 3s;
+constexpr auto kStallWait = kStallBound + 20s;
+
 class HostileFrontend : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_EQ(enter_private_netns(), "");
     vpd_ = std::make_unique<Vpd>(dir_.path());
-    ASSERT_EQ(vpd_->start(), "");
+    // A short message bound (the default is 10 s), so the stall tests wait 3 s, not 10.
+    ASSERT_EQ(vpd_->start({"--message-timeout", std::to_string(kStallBound.count())}), "");
     ASSERT_EQ(vpd_->ctl({"vp0", "create", "address=10.98.0.1/24", "up"}).status, 0) << vpd_->log();
     ASSERT_EQ(vpd_->ctl({"vp1", "create", "address=10.97.0.1/24", "up"}).status, 0) << vpd_->log();
     good_ = attach_good("vp1");
@@ -503,11 +509,6 @@ TEST_F(HostileFrontend, truncated_messages_end_only_their_own_session) {
   expect_unharmed();
 }
 
-// The bound vpd gives one message to arrive whole (VhostUserPort::kMessageStallTimeout), and
-// how long past it the test waits for the disconnect at most.
-constexpr auto kStallBound = 10s;
-constexpr auto kStallWait = kStallBound + 20s;
-
 TEST_F(HostileFrontend, message_left_half_sent_ends_the_session_and_the_endpoint_serves_again) {
   const std::string path = vpd_->runtime_dir() + "/vp0.sock";
   const vhost::Header set_features{vhost::code(Request::kSetFeatures), vhost::kVersion, 8};
@@ -527,19 +528,19 @@ TEST_F(HostileFrontend, message_left_half_sent_ends_the_session_and_the_endpoint
     EXPECT_TRUE(closed_by_vpd(second->get())) << "a second front-end was served";
     EXPECT_TRUE(closed_by_vpd(fe->socket(), kStallWait)) << vpd_->log();
     EXPECT_NE(vpd_->log().find("the front-end sent 7 of the 12 header bytes of a message and not "
-                               "the rest within 10 s: disconnected"),
+                               "the rest within 3 s: disconnected"),
               std::string::npos)
         << vpd_->log();
     // Subscribers are told why.
     const auto ended = next_event(monitor.get(), "vp0", "frontend-disconnected", 10s);
     EXPECT_EQ(ended.is_object() ? ended.value("reason", "") : "",
               "the front-end sent 7 of the 12 header bytes of a message and not the rest within "
-              "10 s: disconnected")
+              "3 s: disconnected")
         << ended.dump();
     EXPECT_TRUE(wait_vp0_idle());
   }
 
-  // A whole header, 3 of its 8 payload bytes, then one more byte every 2 s: the bound is on the
+  // A whole header, 3 of its 8 payload bytes, then one more byte every 1 s: the bound is on the
   // message, not on the silence, so trickling does not keep it open.
   {
     auto fe = hostile();
@@ -548,7 +549,7 @@ TEST_F(HostileFrontend, message_left_half_sent_ends_the_session_and_the_endpoint
     ASSERT_EQ(::send(fe->socket(), whole.data(), 15, MSG_NOSIGNAL), 15);
     bool closed = false;
     for (size_t sent = 15; sent < whole.size() - 1 && !closed; ++sent) {
-      closed = closed_by_vpd(fe->socket(), 2s);
+      closed = closed_by_vpd(fe->socket(), 1s);
       if (!closed) (void)::send(fe->socket(), whole.data() + sent, 1, MSG_NOSIGNAL);
     }
     if (!closed) closed = closed_by_vpd(fe->socket(), kStallWait);
@@ -558,7 +559,7 @@ TEST_F(HostileFrontend, message_left_half_sent_ends_the_session_and_the_endpoint
               std::string::npos)
         << vpd_->log();
     EXPECT_NE(vpd_->log().find(" of the 8 payload bytes it announces and not the rest within "
-                               "10 s: disconnected"),
+                               "3 s: disconnected"),
               std::string::npos)
         << vpd_->log();
   }
@@ -572,17 +573,17 @@ TEST_F(HostileFrontend, messages_sent_slowly_in_halves_within_the_bound_are_serv
   const auto* head = reinterpret_cast<const char*>(&get_features);
   const uint64_t sessions =
       vpd_->ctl_json({"vp0"})["status"]["session"].value("sessions", uint64_t{0});
-  // Half of one request; 6 s later its rest and half of the next; 6 s later the rest of that.
-  // Each stays incomplete for less than the bound, both together for longer.
+  // Half of one request; 2 s later its rest and half of the next; 2 s later the rest of that.
+  // Each stays incomplete for less than the 3 s bound, both together for longer.
   ASSERT_EQ(::send(fe->socket(), head, 6, MSG_NOSIGNAL), 6);
-  std::this_thread::sleep_for(6s);
+  std::this_thread::sleep_for(2s);
   std::string rest_and_half(head + 6, vhost::kHeaderSize - 6);
   rest_and_half.append(head, 6);
   ASSERT_EQ(::send(fe->socket(), rest_and_half.data(), rest_and_half.size(), MSG_NOSIGNAL),
             static_cast<ssize_t>(rest_and_half.size()));
   auto first = fe->wait_reply(Request::kGetFeatures);
   ASSERT_TRUE(first) << first.error().message << "\n" << vpd_->log();
-  std::this_thread::sleep_for(6s);
+  std::this_thread::sleep_for(2s);
   ASSERT_EQ(::send(fe->socket(), head + 6, vhost::kHeaderSize - 6, MSG_NOSIGNAL),
             static_cast<ssize_t>(vhost::kHeaderSize - 6));
   auto second = fe->wait_reply(Request::kGetFeatures);

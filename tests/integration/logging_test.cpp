@@ -23,6 +23,24 @@ std::vector<std::string> lines_of(const std::string& text) {
   return out;
 }
 
+TEST(Logging, vpd_started_without_timeouts_logs_the_default_bounds_of_10_and_30_s) {
+  ASSERT_EQ(enter_private_netns(), "");
+  TempDir dir;
+  Vpd vpd(dir.path());
+  ASSERT_EQ(vpd.start(), "");
+  EXPECT_NE(vpd.log().find("bounds: a front-end message arrives whole within 10 s "
+                           "(--message-timeout), a control request line within 30 s "
+                           "(--request-timeout)"),
+            std::string::npos)
+      << vpd.log();
+  EXPECT_EQ(vpd.stop(), 0);
+  // Given on the command line, the same line says so.
+  ASSERT_EQ(vpd.start({"--message-timeout", "7", "--request-timeout=45"}), "");
+  EXPECT_NE(vpd.log().find("within 7 s (--message-timeout), a control request line within 45 s"),
+            std::string::npos)
+      << vpd.log();
+}
+
 TEST(Logging, under_journald_every_line_has_a_priority_and_names_its_endpoint) {
   ASSERT_EQ(enter_private_netns(), "");
   TempDir dir;

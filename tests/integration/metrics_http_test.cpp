@@ -28,28 +28,6 @@ using namespace std::chrono_literals;
 constexpr uint16_t kScrapePort = 19477;
 constexpr uint16_t kPrometheusPort = 19090;
 
-// A child process, killed and reaped when it goes out of scope.
-class Child {
- public:
-  explicit Child(std::vector<std::string> words) {
-    std::vector<char*> argv;
-    for (auto& w : words) argv.push_back(w.data());
-    argv.push_back(nullptr);
-    if (::posix_spawn(&pid_, argv[0], nullptr, nullptr, argv.data(), environ) != 0) pid_ = -1;
-  }
-  ~Child() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-  bool running() const { return pid_ > 0 && ::waitpid(pid_, nullptr, WNOHANG) == 0; }
-
- private:
-  pid_t pid_ = -1;
-};
-
 // Sends `request` to 127.0.0.1:port and returns all that comes back before the peer closes
 // (or 10 s); "" when nothing listens.
 std::string http_exchange(uint16_t port, const std::string& request) {

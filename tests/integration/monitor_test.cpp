@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <functional>
@@ -49,26 +50,14 @@ class MonitorProcess {
     if (json) words.emplace_back("--json");
     words.emplace_back("monitor");
     words.insert(words.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& w : words) argv.push_back(w.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_adddup2(&actions, out[1], 1);
-    posix_spawn_file_actions_adddup2(&actions, err[1], 2);
-    if (::posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&actions);
+    ChildIo io;
+    io.stdout_fd = out[1];
+    io.stderr_fd = err[1];
+    process_ = Child(words, io);
     ::close(out[1]);
     ::close(err[1]);
     out_.reset(out[0]);
     err_.reset(err[0]);
-  }
-  ~MonitorProcess() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
   }
 
   /// Waits until vpctl says on stderr that the subscription runs.
@@ -131,19 +120,8 @@ class MonitorProcess {
   const std::vector<json>& events() const { return events_; }
   const std::string& err_text() const { return err_text_; }
 
-  /// Waits for the process to exit; its status, or -1 after `timeout`.
-  int wait_exit(std::chrono::milliseconds timeout = 10s) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    return -1;
-  }
+  /// Waits for the process to exit; its status (128+SIGKILL after `timeout`: then killed).
+  int wait_exit(std::chrono::milliseconds timeout = 10s) { return process_.wait_exit(timeout); }
 
  private:
   static bool read_some(const Fd& fd, std::string& into,
@@ -160,7 +138,7 @@ class MonitorProcess {
     return true;
   }
 
-  pid_t pid_ = -1;
+  Child process_;
   Fd out_;
   Fd err_;
   std::string out_text_;
@@ -195,19 +173,9 @@ class Monitor : public VpdFixture {
   // A front-end that negotiates as QEMU does (split rings), sends its memory table and starts
   // both rings of `endpoint`.
   std::unique_ptr<VhostFrontend> attach(const std::string& endpoint) {
-    auto fe = VhostFrontend::connect(vpd().runtime_dir() + "/" + endpoint + ".sock",
-                                     VhostFrontend::Options{});
+    auto fe = attach_like_qemu(vpd().runtime_dir() + "/" + endpoint + ".sock");
     if (!fe) {
-      ADD_FAILURE() << "connect: " << fe.error().message;
-      return nullptr;
-    }
-    VhostFrontend& f = **fe;
-    Result<void> ok = f.negotiate(~virtio::kFeatureRingPacked, ~0ull);
-    if (ok) ok = f.set_mem_table();
-    if (ok) ok = f.setup_queue(kRx, 256);
-    if (ok) ok = f.setup_queue(kTx, 256);
-    if (!ok) {
-      ADD_FAILURE() << endpoint << ": " << ok.error().message << "\n" << vpd().log();
+      ADD_FAILURE() << endpoint << ": " << fe.error().message << "\n" << vpd().log();
       return nullptr;
     }
     return std::move(*fe);
@@ -251,6 +219,29 @@ TEST_F(Monitor, endpoint_life_arrives_as_json_events_in_order) {
   EXPECT_TRUE(contains(mon.first("vp0", "frontend-disconnected").value("reason", ""), "closed"));
   // The link watch put vp0 back up.
   EXPECT_TRUE(has_flag(link_json("vp0"), "UP") || link_json("vp0").is_null());
+}
+
+TEST_F(Monitor, endpoint_destroyed_with_a_frontend_attached_ends_its_session_events_first) {
+  ok({"vp0", "create", "address=10.77.0.1/24", "up"});
+  MonitorProcess mon(vpd().socket(), /*json=*/true, {"vp0"});
+  ASSERT_TRUE(mon.wait_subscribed()) << mon.err_text() << vpd().log();
+  auto fe = attach("vp0");
+  ASSERT_TRUE(fe);
+  ASSERT_TRUE(mon.wait_for("vp0", "carrier-up")) << vpd().log();
+  ok({"vp0", "destroy"});  // the front-end is still connected
+  ASSERT_TRUE(mon.wait_for("vp0", "destroyed")) << vpd().log();
+  const std::vector<std::string> types = mon.types_of("vp0");
+  const auto at = [&](const std::string& type) {
+    return std::find(types.begin(), types.end(), type) - types.begin();
+  };
+  const auto destroyed = at("destroyed");
+  for (const char* type : {"frontend-disconnected", "queues-stopped", "carrier-down"}) {
+    EXPECT_LT(at(type), destroyed)
+        << type << " missing before destroyed: " << ::testing::PrintToString(types);
+  }
+  EXPECT_EQ(mon.first("vp0", "frontend-disconnected").value("reason", ""), "endpoint detached");
+  const json stopped = mon.first("vp0", "queues-stopped");
+  EXPECT_EQ(stopped.value("queues_running", -1), 0) << stopped.dump();
 }
 
 // transport=tap: vpd has no session, so the kernel's carrier (a VMM has the TAP open) is what

@@ -37,13 +37,9 @@ class RxRate : public VpdFixture {
   }
 
   void attach() {
-    auto fe = VhostFrontend::connect(vpd().runtime_dir() + "/vp0.sock", VhostFrontend::Options{});
-    ASSERT_TRUE(fe) << fe.error().message;
+    auto fe = attach_like_qemu(vpd().runtime_dir() + "/vp0.sock");
+    ASSERT_TRUE(fe) << fe.error().message << "\n" << vpd().log();
     fe_ = std::move(*fe);
-    ASSERT_TRUE(fe_->negotiate(~virtio::kFeatureRingPacked, ~0ull));
-    ASSERT_TRUE(fe_->set_mem_table());
-    ASSERT_TRUE(fe_->setup_queue(kRx, 256));
-    ASSERT_TRUE(fe_->setup_queue(kTx, 256));
     while (fe_->outstanding(kRx) < 200 && fe_->post_rx(kRx)) {
     }
     ASSERT_TRUE(fe_->kick(kRx));

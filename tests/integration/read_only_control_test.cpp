@@ -376,24 +376,11 @@ TEST_F(ReadOnlyControl, socket_activation_tells_the_two_passed_sockets_apart_by_
                                  vpd().runtime_dir(),
                                  "--state-dir",
                                  vpd().state_dir()};
-  std::vector<char*> argv;
-  for (auto& w : words) argv.push_back(w.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, vpd().log_path().c_str(),
-                                   O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  pid_t pid = -1;
-  ASSERT_EQ(::posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ), 0);
-  posix_spawn_file_actions_destroy(&actions);
-  struct Reap {
-    pid_t pid;
-    ~Reap() {
-      ::kill(pid, SIGTERM);
-      ::waitpid(pid, nullptr, 0);
-    }
-  } reap{pid};
+  // SIGTERM at the end: vpd (the launcher execs it) stops as it does under systemd.
+  ChildIo io = ChildIo::appending_to(vpd().log_path());
+  io.stop_signal = SIGTERM;
+  Child launcher(words, io);
+  ASSERT_TRUE(launcher.started());
   const auto deadline = std::chrono::steady_clock::now() + 20s;
   while ((listening_inodes(full).empty() || listening_inodes(ro_socket()).empty()) &&
          std::chrono::steady_clock::now() < deadline) {

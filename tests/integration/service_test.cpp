@@ -99,53 +99,6 @@ void expect_no_crash(const std::string& log) {
   }
 }
 
-/// Starts `argv` with stdin from /dev/null and stdout and stderr appended to `output`.
-/// Returns the pid, or -1.
-pid_t spawn(const std::vector<std::string>& argv, const std::string& output,
-            const std::vector<std::string>& env = {}) {
-  std::vector<std::string> args = argv;
-  std::vector<char*> c_args;
-  for (auto& a : args) c_args.push_back(a.data());
-  c_args.push_back(nullptr);
-  std::vector<std::string> vars;
-  for (char** e = environ; *e; ++e) vars.emplace_back(*e);
-  vars.insert(vars.end(), env.begin(), env.end());
-  std::vector<char*> c_env;
-  for (auto& v : vars) c_env.push_back(v.data());
-  c_env.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, output.c_str(), O_WRONLY | O_CREAT | O_APPEND,
-                                   0600);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  pid_t pid = -1;
-  const int rc = ::posix_spawnp(&pid, c_args[0], &actions, nullptr, c_args.data(), c_env.data());
-  posix_spawn_file_actions_destroy(&actions);
-  return rc == 0 ? pid : -1;
-}
-
-/// Waits for `pid` to exit: its exit status, 128+signal, or -1 (then it is killed).
-int wait_exit(pid_t pid, std::chrono::milliseconds timeout = kWait) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  for (;;) {
-    int status = 0;
-    const pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) {
-      if (WIFEXITED(status)) return WEXITSTATUS(status);
-      if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-      return -1;
-    }
-    if (r < 0) return -1;
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(5ms);
-  }
-}
-
 /// Inode numbers (the N of "socket:[N]") of the listening Unix sockets bound to `path`,
 /// from /proc/net/unix of this network namespace.
 std::vector<unsigned long> listening_socket_inodes(const std::string& path) {
@@ -213,31 +166,6 @@ class NotifyListener {
   std::string path_;
   Fd fd_;
   std::vector<std::string> notes_;
-};
-
-/// A child process killed (SIGKILL) and reaped on destruction unless it was waited for.
-class Child {
- public:
-  explicit Child(pid_t pid) : pid_(pid) {}
-  ~Child() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-  pid_t pid() const { return pid_; }
-  /// SIGTERM, then its exit status (see wait_exit).
-  int terminate() {
-    ::kill(pid_, SIGTERM);
-    const int status = wait_exit(pid_);
-    pid_ = -1;
-    return status;
-  }
-
- private:
-  pid_t pid_;
 };
 
 class Service : public ::testing::Test {
@@ -444,11 +372,11 @@ TEST_F(Service, socket_activation_serves_on_the_passed_socket) {
   // systemd-socket-activate (systemd 252 has no --now) listens at once and execs vpd in
   // its own process when the first connection arrives, passing the socket as fd 3. It
   // passes on only the environment it is told to.
-  Child launcher(
-      spawn({"systemd-socket-activate", "-l", socket, "-E", "NOTIFY_SOCKET=" + notify.path(),
-             VPD_BINARY, "--config", vpd_->config_path(), "--runtime-dir", vpd_->runtime_dir(),
-             "--state-dir", vpd_->state_dir()},
-            vpd_->log_path()));
+  test::Child launcher(
+      {"systemd-socket-activate", "-l", socket, "-E", "NOTIFY_SOCKET=" + notify.path(), VPD_BINARY,
+       "--config", vpd_->config_path(), "--runtime-dir", vpd_->runtime_dir(), "--state-dir",
+       vpd_->state_dir()},
+      test::ChildIo::appending_to(vpd_->log_path()));
   ASSERT_GT(launcher.pid(), 0);
   std::vector<unsigned long> inodes;
   const auto deadline = std::chrono::steady_clock::now() + kWait;
@@ -486,7 +414,7 @@ TEST_F(Service, socket_activation_serves_on_the_passed_socket) {
   EXPECT_TRUE(test::link_json("vp0").is_object());
   EXPECT_EQ(endpoint_names(vpd_->ctl_json({"list"})), std::vector<std::string>{"vp0"});
 
-  EXPECT_EQ(launcher.terminate(), 0);
+  EXPECT_EQ(launcher.terminate(kWait), 0);
   EXPECT_TRUE(notify.wait("STOPPING=1"));
   expect_no_crash(vpd_->log());
 }
@@ -566,9 +494,10 @@ TEST_F(Service, control_changes_are_logged_with_the_callers_pid) {
   auto vpctl = [&](const std::vector<std::string>& args) -> pid_t {
     std::vector<std::string> argv{VPCTL_BINARY, "--socket", vpd_->socket()};
     argv.insert(argv.end(), args.begin(), args.end());
-    const pid_t pid = spawn(argv, out);
+    test::Child child(argv, test::ChildIo::appending_to(out));
+    const pid_t pid = child.pid();
     EXPECT_GT(pid, 0);
-    EXPECT_EQ(wait_exit(pid), 0) << read_file(out);
+    EXPECT_EQ(child.wait_exit(kWait), 0) << read_file(out);
     return pid;
   };
   const pid_t created = vpctl({"vp0", "create"});
@@ -629,6 +558,26 @@ TEST(ServiceCommandLine, version_help_and_unknown_option) {
   test::Run missing = test::run({VPD_BINARY, "--state-dir"});
   EXPECT_EQ(missing.status, 2);
   EXPECT_TRUE(contains(missing.err, "--state-dir")) << missing.err;
+}
+
+TEST(ServiceCommandLine, timeouts_default_to_10_and_30_s_and_bad_values_are_refused) {
+  test::Run help = test::run({VPD_BINARY, "--help"});
+  EXPECT_EQ(help.status, 0) << help.err;
+  EXPECT_TRUE(contains(help.out, "--message-timeout SECONDS")) << help.out;
+  EXPECT_TRUE(contains(help.out, "incomplete this long (1 to 3600, default 10)")) << help.out;
+  EXPECT_TRUE(contains(help.out, "--request-timeout SECONDS")) << help.out;
+  EXPECT_TRUE(contains(help.out, "newline this long (1 to 3600, default 30)")) << help.out;
+  for (const char* bad : {"0", "3601", "ten", "5s", "-1"}) {
+    test::Run r = test::run({VPD_BINARY, "--message-timeout", bad});
+    EXPECT_EQ(r.status, 2) << bad;
+    EXPECT_TRUE(contains(r.err, std::string("--message-timeout takes a whole number of seconds "
+                                            "from 1 to 3600, not \"") +
+                                    bad + "\""))
+        << r.err;
+    r = test::run({VPD_BINARY, std::string("--request-timeout=") + bad});
+    EXPECT_EQ(r.status, 2) << bad;
+    EXPECT_TRUE(contains(r.err, "--request-timeout takes a whole number of seconds")) << r.err;
+  }
 }
 
 }  // namespace

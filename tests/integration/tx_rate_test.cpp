@@ -46,13 +46,9 @@ class TxRate : public VpdFixture {
   }
 
   void attach() {
-    auto fe = VhostFrontend::connect(vpd().runtime_dir() + "/vp0.sock", VhostFrontend::Options{});
-    ASSERT_TRUE(fe) << fe.error().message;
+    auto fe = attach_like_qemu(vpd().runtime_dir() + "/vp0.sock");
+    ASSERT_TRUE(fe) << fe.error().message << "\n" << vpd().log();
     fe_ = std::move(*fe);
-    ASSERT_TRUE(fe_->negotiate(~virtio::kFeatureRingPacked, ~0ull));
-    ASSERT_TRUE(fe_->set_mem_table());
-    ASSERT_TRUE(fe_->setup_queue(kRx, 256));
-    ASSERT_TRUE(fe_->setup_queue(kTx, 256));
     for (int i = 0; i < 300 && link_json("vp0").value("operstate", "") != "UP"; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }

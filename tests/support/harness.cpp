@@ -22,6 +22,7 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include "net/link.hpp"
 #include "sys/unix_socket.hpp"
@@ -81,6 +82,68 @@ int wait_status(pid_t pid, std::chrono::milliseconds timeout) {
 }
 
 }  // namespace
+
+// Child --------------------------------------------------------------------------------------
+
+Child::Child(const std::vector<std::string>& argv, const ChildIo& io)
+    : stop_signal_(io.stop_signal) {
+  std::vector<std::string> args = argv;
+  std::vector<std::string> env = environment_with(io.extra_env);
+  auto c_args = c_strings(args);
+  auto c_env = c_strings(env);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  if (io.stdin_fd >= 0) {
+    posix_spawn_file_actions_adddup2(&actions, io.stdin_fd, 0);
+  } else {
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  }
+  if (!io.output.empty()) {
+    posix_spawn_file_actions_addopen(&actions, 1, io.output.c_str(), O_WRONLY | O_CREAT | O_APPEND,
+                                     0600);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  }
+  if (io.stdout_fd >= 0) posix_spawn_file_actions_adddup2(&actions, io.stdout_fd, 1);
+  if (io.stderr_fd >= 0) posix_spawn_file_actions_adddup2(&actions, io.stderr_fd, 2);
+  if (::posix_spawnp(&pid_, c_args[0], &actions, nullptr, c_args.data(), c_env.data()) != 0) {
+    pid_ = -1;
+  }
+  posix_spawn_file_actions_destroy(&actions);
+}
+
+Child::Child(Child&& other) noexcept
+    : pid_(std::exchange(other.pid_, -1)), stop_signal_(other.stop_signal_) {}
+
+Child& Child::operator=(Child&& other) noexcept {
+  if (this != &other) {
+    stop();
+    pid_ = std::exchange(other.pid_, -1);
+    stop_signal_ = other.stop_signal_;
+  }
+  return *this;
+}
+
+Child::~Child() { stop(); }
+
+void Child::stop() noexcept {
+  if (pid_ <= 0) return;
+  ::kill(pid_, stop_signal_);
+  ::waitpid(pid_, nullptr, 0);
+  pid_ = -1;
+}
+
+bool Child::running() const { return pid_ > 0 && ::waitpid(pid_, nullptr, WNOHANG) == 0; }
+
+int Child::wait_exit(std::chrono::milliseconds timeout) {
+  if (pid_ <= 0) return -1;
+  return wait_status(std::exchange(pid_, -1), timeout);
+}
+
+int Child::terminate(std::chrono::milliseconds timeout) {
+  if (pid_ <= 0) return -1;
+  ::kill(pid_, SIGTERM);
+  return wait_exit(timeout);
+}
 
 std::string enter_private_netns() {
   if (::unshare(CLONE_NEWNET) != 0)

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <csignal>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,57 @@ bool sh(const std::string& command);
 /// every frame the kernel receives on or sends out of it, and sends raw frames out of it.
 /// `flags` are added to SOCK_RAW | SOCK_CLOEXEC (e.g. SOCK_NONBLOCK). Invalid on failure.
 Fd packet_socket(const std::string& ifname, int flags = 0);
+
+/// Where a spawned child's standard streams go. Each fd (if not -1) is dup'ed onto the
+/// child's stream; `output` (if not empty) is a file stdout and stderr are appended to.
+/// stdin is /dev/null unless `stdin_fd` says otherwise.
+struct ChildIo {
+  std::string output;
+  int stdin_fd = -1;
+  int stdout_fd = -1;
+  int stderr_fd = -1;
+  std::vector<std::string> extra_env;  // NAME=VALUE added to this process's environment
+  /// What the destructor sends a child still running: SIGKILL, or SIGTERM for a launcher
+  /// (sudo, setpriv) that must pass the signal on to what it started.
+  int stop_signal = SIGKILL;
+
+  /// stdout and stderr appended to the file `path`.
+  static ChildIo appending_to(std::string path) {
+    ChildIo io;
+    io.output = std::move(path);
+    return io;
+  }
+};
+
+/// A child process started from `argv` (no shell; argv[0] searched in PATH), stopped and
+/// reaped on destruction unless it was waited for.
+class Child {
+ public:
+  Child() = default;
+  explicit Child(const std::vector<std::string>& argv, const ChildIo& io = {});
+  Child(Child&& other) noexcept;
+  Child& operator=(Child&& other) noexcept;
+  ~Child();
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  /// False when it could not be started.
+  bool started() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
+  /// True while it has not exited.
+  bool running() const;
+  /// Waits for it to exit: its exit status or 128+signal; after `timeout` it is killed
+  /// (128+SIGKILL).
+  int wait_exit(std::chrono::milliseconds timeout = std::chrono::seconds(20));
+  /// SIGTERM, then its exit status (see wait_exit).
+  int terminate(std::chrono::milliseconds timeout = std::chrono::seconds(20));
+
+ private:
+  void stop() noexcept;
+
+  pid_t pid_ = -1;
+  int stop_signal_ = SIGKILL;
+};
 
 /// A temporary directory, removed (recursively) on destruction.
 class TempDir {

@@ -758,4 +758,17 @@ std::optional<uint64_t> VhostFrontend::allocate(uint32_t region, uint64_t bytes,
   return r.spec.gpa + start;
 }
 
+Result<std::unique_ptr<VhostFrontend>> attach_like_qemu(const std::string& path,
+                                                        uint16_t queue_size) {
+  auto fe = VhostFrontend::connect(path, VhostFrontend::Options{});
+  if (!fe) return fe;
+  VhostFrontend& f = **fe;
+  Result<void> ok = f.negotiate(~virtio::kFeatureRingPacked, ~0ull);
+  if (ok) ok = f.set_mem_table();
+  if (ok) ok = f.setup_queue(0, queue_size);  // receiveq
+  if (ok) ok = f.setup_queue(1, queue_size);  // transmitq
+  if (!ok) return std::unexpected(ok.error());
+  return fe;
+}
+
 }  // namespace vp::test

@@ -258,4 +258,10 @@ class VhostFrontend {
   bool logging_ = false;
 };
 
+/// Connects to the vhost-user socket `path` and attaches as QEMU does: negotiates every
+/// feature but packed rings, sends the memory table and starts receiveq 0 and transmitq 1
+/// with `queue_size` descriptors each. The error says which step failed.
+Result<std::unique_ptr<VhostFrontend>> attach_like_qemu(const std::string& path,
+                                                        uint16_t queue_size = 256);
+
 }  // namespace vp::test

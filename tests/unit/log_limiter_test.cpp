@@ -37,6 +37,17 @@ TEST(LogLimiter, first_burst_of_an_interval_is_logged_and_the_rest_counted) {
   EXPECT_FALSE(limiter.summary_due());
 }
 
+TEST(LogLimiter, held_lines_are_taken_before_the_interval_is_over_when_the_owner_goes) {
+  LogLimiter limiter(2, 10s);
+  for (int i = 0; i < 7; ++i) (void)limiter.admit(t0 + std::chrono::milliseconds(i));
+  EXPECT_EQ(limiter.take_summary(t0 + 1s), 0u);  // not over yet
+  EXPECT_EQ(limiter.take_held(), 5u);
+  EXPECT_EQ(limiter.take_held(), 0u);
+  EXPECT_FALSE(limiter.summary_due());
+  // The next line starts an interval of its own.
+  EXPECT_TRUE(limiter.admit(t0 + 2s).log);
+}
+
 TEST(LogLimiter, next_interval_logs_a_fresh_burst) {
   LogLimiter limiter(2, 10s);
   for (int i = 0; i < 5; ++i) (void)limiter.admit(t0 + std::chrono::seconds(i));
