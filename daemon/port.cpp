@@ -147,6 +147,13 @@ void Port::set_tx_rate(const control::Rate& rate) {
   publish();
 }
 
+void Port::set_priority(int priority) {
+  before_settings_change();
+  config_.priority = priority;
+  after_settings_change();
+  publish();
+}
+
 void Port::runner_stopped(uint16_t pair) {
   on_runner_stopped(pair);
   publish();

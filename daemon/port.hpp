@@ -61,7 +61,8 @@ class Port {
 
   const std::string& name() const { return config_.name; }
   int priority() const { return config_.priority; }
-  void set_priority(int priority) { config_.priority = priority; }
+  /// priority= raises only this worker's thread: lent queue pairs come home while it is set.
+  void set_priority(int priority);
   /// tx-rate= changed beside the session: the transport applies it from now on.
   void set_tx_rate(const control::Rate& rate);
 

@@ -407,12 +407,13 @@ void VhostUserPort::on_connection(uint32_t events) {
   // After the whole batch: a ring that a message stopped and a later one restarted (a
   // memory table change, SET_VRING_ADDR) keeps its TAP queue.
   detach_idle_tap_queues();
-  lend_pairs();
   watch_stall();
   // While a reply waits for room the session reads nothing, so it must not watch EPOLLIN:
   // requests the front-end queued behind it would wake this worker in a loop.
   conn_.set(backend_->wants_write() ? EPOLLOUT : EPOLLIN);
   state_dirty_ = true;
+  // The batch is done: pairs whose rings both run go back to their workers.
+  lend_pairs();
 }
 
 /// Pair p's TAP queue: attached while a ring of the pair runs (queue 0 always), readable
@@ -681,7 +682,8 @@ bool VhostUserPort::lendable(uint32_t p) const {
   const Pair& pair = pairs_[p];
   if (p == 0 || pair.lent || !backend_ || acked_ == 0) return false;
   if (!pair.rx_running || !pair.tx_running || pair.tx_discarding || !pair.attached) return false;
-  if (tx_bucket_.limited()) return false;
+  // One bucket for the endpoint (this worker's); priority= raises only this worker's thread.
+  if (tx_bucket_.limited() || config_.priority != 0) return false;
   for (const uint32_t q : {2 * p, 2 * p + 1}) {
     const auto reason = std::visit([](const auto& queue) { return queue.broken_reason(); },
                                    backend_->vring(q).queue);

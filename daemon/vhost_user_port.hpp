@@ -6,12 +6,12 @@
 // Queue pair p is receiveq p (virtqueue 2p), transmitq p (2p+1) and TAP queue p; each pair
 // forwards only between its own rings and its own TAP queue. The session (every vhost-user
 // message) always runs on this worker, the owner; pair p >= 1 runs on worker
-// (owner + p) % workers while both its rings run and no tx-rate= is set (a QueueRunner: the
-// pair is lent), and comes back here before any message is handled. TAP queue 0 is the registry's
-// (a dup) and always stays attached: the TAP's device-wide settings (offloads, header size,
-// carrier) go through it. Queues 1..N-1 are attached to the TAP only while a ring of their pair
-// runs, so that the kernel never steers a flow to a queue nobody reads: a pair the guest did not
-// enable supplies no RX and loses nothing.
+// (owner + p) % workers while both its rings run and neither tx-rate= nor priority= is set
+// (a QueueRunner: the pair is lent), and comes back here before any message is handled. TAP queue 0
+// is the registry's (a dup) and always stays attached: the TAP's device-wide settings (offloads,
+// header size, carrier) go through it. Queues 1..N-1 are attached to the TAP only while a ring of
+// their pair runs, so that the kernel never steers a flow to a queue nobody reads: a pair the guest
+// did not enable supplies no RX and loses nothing.
 
 #include <array>
 #include <chrono>
@@ -137,7 +137,8 @@ class VhostUserPort final : public Port, public vhost::Device {
   void take_back(uint32_t p);
   void lend_pairs();
   /// Pair p may run on another worker: not pair 0, both rings run and are healthy, a guest
-  /// negotiated features, and no tx-rate= (its one bucket is this worker's).
+  /// negotiated features, no tx-rate= (its one bucket is this worker's) and no priority=
+  /// (which raises only this worker's thread).
   bool lendable(uint32_t p) const;
 
   /// After a batch of messages: arms the stall timer when a message is left incomplete (and
