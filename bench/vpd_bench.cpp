@@ -105,8 +105,10 @@ constexpr uint32_t kGsoFrame = 65535;
 
 /// Guest RAM for rings of `ring` entries: the rings, one RX and one (unused) TX buffer of
 /// kRxBufferSize per entry, and per size two TX pools (vpd, baseline) of one frame per entry.
-uint64_t region_size(uint16_t ring) {
-  const uint64_t per_entry = 2 * 4096 + 2 * (128 + 1536 + (kGsoFrame + 12 + 63) / 64 * 64);
+/// With `pairs` queue pairs (--queues), an RX and a TX buffer more per entry for each.
+uint64_t region_size(uint16_t ring, uint32_t pairs = 1) {
+  const uint64_t per_entry =
+      2 * 4096 * uint64_t{pairs} + 2 * (128 + 1536 + (kGsoFrame + 12 + 63) / 64 * 64);
   const uint64_t bytes = (16ull << 20) + ring * per_entry;
   return (bytes + (2ull << 20) - 1) / (2ull << 20) * (2ull << 20);
 }
@@ -146,7 +148,8 @@ struct Options {
   bool rx = true;                  // host->guest cases
   std::vector<std::string> sizes;  // empty (all) or some of 64, 1514, gso
   int repeat = 1;
-  bool dpdk = false;  // --frontend dpdk: testpmd virtio-user drives vpd; DPDK net_vhost peer
+  uint32_t queues = 1;  // --queues 2: vpd --workers 2, a queues=2 endpoint, both TX rings driven
+  bool dpdk = false;    // --frontend dpdk: testpmd virtio-user drives vpd; DPDK net_vhost peer
 };
 
 const char* const kUsage =
@@ -168,6 +171,9 @@ const char* const kUsage =
     "  --direction D      tx (guest->host), rx (host->guest) or both (default)\n"
     "  --sizes LIST       some of 64,1514,gso (default: all)\n"
     "  --repeat N         run every case N times, keep the fastest run (default 1)\n"
+    "  --queues N         1 (default) or 2: vpd --workers 2 and a queues=2 endpoint; the\n"
+    "                     front-end drives both transmit rings, and the bench prints the\n"
+    "                     aggregate and each pair's frames/s beside one pair's (guest->host)\n"
     "  --frontend F       builtin (default: the test front-end) or dpdk: dpdk-testpmd\n"
     "                     virtio-user drives vpd (64 B and 1514 B only; it negotiates no\n"
     "                     offloads), and DPDK's own net_vhost backend + net_tap is measured\n"
@@ -226,6 +232,8 @@ Options parse_options(int argc, char** argv) {
       }
     } else if (a == "--repeat") {
       o.repeat = static_cast<int>(number(1, 20));
+    } else if (a == "--queues") {
+      o.queues = static_cast<uint32_t>(number(1, 2));
     } else if (a == "--frontend") {
       const std::string f = value();
       if (f != "builtin" && f != "dpdk") fatal("--frontend takes builtin or dpdk");
@@ -235,6 +243,8 @@ Options parse_options(int argc, char** argv) {
     }
   }
   if (o.frontend_cpu == o.vpd_cpu) fatal("--frontend-cpu and --vpd-cpu must differ");
+  if (o.queues > 1 && o.dpdk)
+    fatal("--queues 2 drives the built-in front-end; leave out --frontend dpdk");
   return o;
 }
 
@@ -462,6 +472,8 @@ class VpdProcess {
     }
     std::vector<std::string> args{options_.vpd,  "--config",    dir_ + "/vpd.conf", "--runtime-dir",
                                   runtime_dir(), "--state-dir", dir_ + "/state"};
+    // --queues 2: each pair on its own data-path worker.
+    if (options_.queues > 1) args.insert(args.end(), {"--workers", str(options_.queues)});
     std::vector<std::string> env{"NOTIFY_SOCKET=" + notify_path,
                                  "PATH=/usr/sbin:/usr/bin:/sbin:/bin"};
     std::vector<char*> argv, envp;
@@ -1052,6 +1064,14 @@ class Bench {
 
  private:
   Figures vpd_tx(const Pool& pool);
+  /// --queues: guest->host on the first `pairs` transmit rings, one front-end thread.
+  struct PairsRun {
+    Figures all;
+    std::vector<double> fps;  // each pair's frames/s, from vpd's per-queue counters
+    std::string workers;      // status.queue_workers
+  };
+  PairsRun vpd_tx_pairs(const Pool& pool, uint32_t pairs);
+  void run_queues();
   Figures vpd_rx(const Size& size);
   Figures base_tx(const Pool& pool);
   Figures base_rx(const Size& size);
@@ -1094,13 +1114,15 @@ void Bench::setup() {
 
   vpd_.start();  // in this namespace, pinned to --vpd-cpu
   pin_to(o_.frontend_cpu);
-  if (Output c = vpd_.ctl({"vp0", "create", "address=10.97.0.1/24", "up"}); c.status != 0) {
+  if (Output c =
+          vpd_.ctl({"vp0", "create", "address=10.97.0.1/24", "up", str("queues=", o_.queues)});
+      c.status != 0) {
     fatal(str("vpctl vp0 create: ", c.out));
   }
   must({"ip", "route", "add", "blackhole", "10.97.1.0/24"});
 
   test::VhostFrontend::Options fo;
-  fo.regions = {{kRegionGpa, region_size(o_.ring)}};
+  fo.regions = {{kRegionGpa, region_size(o_.ring, o_.queues)}};
   fo.buffer_size = kRxBufferSize;
   auto fe = test::VhostFrontend::connect(vpd_.runtime_dir() + "/vp0.sock", fo);
   if (!fe) fatal(str("connect to vp0.sock: ", fe.error().message));
@@ -1121,6 +1143,11 @@ void Bench::setup() {
   if (auto ok = fe_->set_mem_table(); !ok) fatal(str("SET_MEM_TABLE: ", ok.error().message));
   if (auto ok = fe_->setup_queue(kRx, o_.ring); !ok) fatal(str("rx ring: ", ok.error().message));
   if (auto ok = fe_->setup_queue(kTx, o_.ring); !ok) fatal(str("tx ring: ", ok.error().message));
+  for (uint32_t ring = 2; ring < 2 * o_.queues; ++ring) {
+    if (auto ok = fe_->setup_queue(ring, o_.ring); !ok) {
+      fatal(str("ring ", ring, ": ", ok.error().message));
+    }
+  }
 
   Json st;
   for (int i = 0; i < 100; ++i) {
@@ -1964,7 +1991,131 @@ void Bench::print_targets(const std::vector<Case>& cases) {
   }
 }
 
+Bench::PairsRun Bench::vpd_tx_pairs(const Pool& pool, uint32_t pairs) {
+  auto queue_tx = [&] {
+    std::vector<uint64_t> out(pairs, 0);
+    const Json st = vpd_.status("vp0");
+    const Json& q = st["queue_counters"];
+    for (uint32_t p = 0; p < pairs && p < q.size(); ++p) out[p] = q[p].value("tx_packets", 0ull);
+    return out;
+  };
+  const auto q0 = queue_tx();
+  const auto c0 = vpd_.counters("vp0");
+  const LinkStats l0 = link_stats("vp0");
+  const auto ip0 = ip_stats();
+  Window w(o_, vpd_.pid(), -1);
+  uint64_t done = 0, next = 0;
+  const uint64_t len = pool.len - kHdr;
+  for (;;) {
+    const auto now = Clock::now();
+    if (!w.tick(now, done, done * len)) break;
+    bool any = false;
+    for (uint32_t p = 0; p < pairs; ++p) {
+      const uint32_t tx = 2 * p + 1;
+      while (fe_->next_used(tx)) {
+        ++done;
+        any = true;
+      }
+      while (fe_->outstanding(tx) < o_.ring) {
+        const test::Segment seg{pool.gpa_of(next), pool.len, false};
+        if (auto id = fe_->post_chain(tx, std::span<const test::Segment>(&seg, 1)); !id) {
+          fatal(id.error().message);
+        }
+        ++next;
+        any = true;
+      }
+      if (auto ok = fe_->kick_if_needed(tx); !ok) fatal(ok.error().message);
+    }
+    if (!any) cpu_relax();
+  }
+  const auto deadline = Clock::now() + std::chrono::seconds(5);
+  for (uint32_t p = 0; p < pairs; ++p) {
+    while (fe_->outstanding(2 * p + 1) != 0 && Clock::now() < deadline) {
+      if (!fe_->next_used(2 * p + 1)) cpu_relax();
+    }
+    if (fe_->outstanding(2 * p + 1) != 0) fatal("vpd did not give every TX buffer back in 5 s");
+  }
+  PairsRun run;
+  run.all = finish(w);
+  run.all.phase_frames = next;
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // vpd publishes its counters
+  run.all.vpd = vpd_.counters("vp0") - c0;
+  run.all.link = link_stats("vp0") - l0;
+  run.all.ip = ip_stats() - ip0;
+  check_tx(run.all, "vp0", true);
+  // Each pair's share of the measured rate: its share of the whole case's frames.
+  const auto q1 = queue_tx();
+  uint64_t sum = 0;
+  for (uint32_t p = 0; p < pairs; ++p) sum += q1[p] - q0[p];
+  for (uint32_t p = 0; p < pairs; ++p) {
+    run.fps.push_back(
+        sum ? run.all.fps * static_cast<double>(q1[p] - q0[p]) / static_cast<double>(sum) : 0);
+  }
+  if (sum != run.all.phase_frames) {
+    run.all.warnings.push_back(
+        str("the pairs counted ", sum, " frames, the guest sent ", run.all.phase_frames));
+  }
+  run.workers = vpd_.status("vp0")["queue_workers"].dump();
+  return run;
+}
+
+void Bench::run_queues() {
+  std::printf(
+      "vpd_bench --queues %u: %ld cores; front-end on cpu %d, vpd (--workers %u, all its "
+      "threads) on cpu %d; %.2f s per case after %.2f s warm-up; split rings of %u\n",
+      o_.queues, ::sysconf(_SC_NPROCESSORS_ONLN), o_.frontend_cpu, o_.queues, o_.vpd_cpu,
+      o_.seconds, o_.warmup, o_.ring);
+  std::printf(
+      "What this cannot show: both of vpd's workers share cpu %d (the front-end needs another\n"
+      "core), so with 2 cores two pairs cannot run faster than one. It shows that each pair is\n"
+      "served by its own worker, counted exactly, and what the split costs; scaling needs a\n"
+      "core per worker besides the front-end's.\n",
+      o_.vpd_cpu);
+  std::fflush(stdout);
+  std::printf("\n%-13s %-10s %14s %16s %s\n", "direction", "size", "1 pair", "2 pairs (sum)",
+              "per pair (queue workers)");
+  bool warned = false;
+  std::vector<std::string> warnings;
+  for (const Size& s : kSizes) {
+    if (s.gso) continue;  // frames/s of 64 B and 1514 B frames
+    if (!o_.sizes.empty() && std::ranges::find(o_.sizes, s.key) == o_.sizes.end()) continue;
+    auto frame = make_frame(s, guest_mac_, vp0_mac_, ipv4(10, 97, 0, 2), ipv4(10, 97, 1, 1));
+    const Pool pool = make_pool(*fe_, frame, o_.ring);
+    PairsRun one, two;
+    for (int k = 0; k < o_.repeat; ++k) {
+      PairsRun a = vpd_tx_pairs(pool, 1);
+      if (k == 0 || a.all.fps > one.all.fps) one = std::move(a);
+      PairsRun b = vpd_tx_pairs(pool, o_.queues);
+      if (k == 0 || b.all.fps > two.all.fps) two = std::move(b);
+    }
+    std::string per;
+    for (size_t p = 0; p < two.fps.size(); ++p) {
+      per += str(p ? ", " : "", "pair ", p, " ", rate(two.fps[p]), "/s");
+    }
+    std::printf("%-13s %-10s %12s/s %14s/s %s (%s)\n", "guest->host", s.name,
+                rate(one.all.fps).c_str(), rate(two.all.fps).c_str(), per.c_str(),
+                two.workers.c_str());
+    std::fflush(stdout);
+    for (const PairsRun* r : {&one, &two}) {
+      for (const auto& w : r->all.warnings) warnings.push_back(str(s.name, ": ", w));
+    }
+  }
+  for (const auto& w : warnings) {
+    if (!warned) std::printf("\nWarnings:\n");
+    warned = true;
+    std::printf("  %s\n", w.c_str());
+  }
+  if (!warned) {
+    std::printf("\nChecks passed: every frame reached the kernel, the pairs' counts add up.\n");
+  }
+  if (o_.keep) std::printf("\nvpd's directory (log: vpd.log): %s\n", vpd_.dir().c_str());
+}
+
 void Bench::run_all() {
+  if (o_.queues > 1) {
+    run_queues();
+    return;
+  }
   std::printf(
       "vpd_bench: %ld cores; front-end + generator on cpu %d, vpd + baseline loop on cpu "
       "%d; %.2f s per case after %.2f s warm-up; split rings of %u, %u-byte RX buffers\n",

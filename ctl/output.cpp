@@ -251,6 +251,16 @@ std::string format_show(const json& e) {
     if (ses.contains("tx_path")) lines.emplace_back("tx path", text(ses, "tx_path"));
     lines.emplace_back("queues running",
                        text(ses, "queues_running") + " of " + text(ses, "queues"));
+    // Which data-path worker serves each running queue pair (vpd --workers).
+    if (auto w = s.find("queue_workers"); w != s.end() && w->is_array() && w->size() > 1) {
+      std::string served;
+      for (size_t p = 0; p < w->size(); ++p) {
+        if (!(*w)[p].is_number()) continue;
+        if (!served.empty()) served += ", ";
+        served += "pair " + std::to_string(p) + " on worker " + (*w)[p].dump();
+      }
+      if (!served.empty()) lines.emplace_back("queue workers", served);
+    }
     lines.emplace_back("refused messages", text(ses, "refused_messages"));
     // Live migration: whether vpd marks what it writes, and the pages it marked so far.
     const json& c = s.value("counters", json::object());

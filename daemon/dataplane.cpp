@@ -25,9 +25,16 @@ Dataplane::Dataplane(unsigned workers, bool try_io_uring, EventQueue* events,
   for (unsigned i = 0; i < std::max(1u, workers); ++i) {
     workers_.push_back(std::make_unique<Worker>(i, io_uring_, events, message_timeout));
   }
+  std::vector<Worker*> peers;
+  for (const auto& w : workers_) peers.push_back(w.get());
+  for (const auto& w : workers_) w->set_peers(peers);
 }
 
-Dataplane::~Dataplane() = default;
+Dataplane::~Dataplane() {
+  // Every endpoint ends while every worker still runs: an endpoint takes its lent queue
+  // pairs back from the other workers as it goes.
+  for (const auto& w : workers_) w->detach_all();
+}
 
 Worker& Dataplane::worker_of(const std::string& name) const {
   for (const auto& w : workers_) {

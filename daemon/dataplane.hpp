@@ -3,9 +3,12 @@
 // The data path of every endpoint, vhost-user or stream: a small pool of worker threads,
 // each owning whole endpoints — the endpoint's listening or dialled front-end socket, its
 // session (a vhost::Backend and its virtqueues, or a stream connection) and its TAP queues,
-// all in the worker's one epoll, so that an endpoint's fds are only ever touched by one
-// thread. The control thread talks to workers only by posting commands (an eventfd-woken
-// queue); the packet path takes no lock and allocates nothing.
+// all in the worker's one epoll. The one exception: a vhost-user endpoint's queue pair
+// p >= 1 is lent to worker (owner + p) % workers while both its rings run (QueueRunner);
+// its fds are then in that worker's epoll alone, and it comes back before the owner handles
+// any message. At any moment each fd is touched by one thread. The control thread talks to workers
+// only by posting commands (an eventfd-woken queue); the packet path takes no lock and allocates
+// nothing.
 
 #include <chrono>
 #include <memory>

@@ -453,11 +453,13 @@ int run(const Options& o) {
     log::error(netlink.error().message);
     return 1;
   }
-  // Data-path workers: one per core, at most 4; each owns whole endpoints.
   // Events for `vpctl monitor`, from the registry and the workers; outlives both.
   EventQueue events;
-  Dataplane dataplane(std::clamp(std::thread::hardware_concurrency(), 1u, 4u), o.io_uring, &events,
-                      o.message_timeout);
+  // Data-path workers: --workers N, or one per core, at most 4. Each owns whole endpoints;
+  // a vhost-user endpoint's queue pairs beyond the first run on the others.
+  const unsigned workers =
+      o.workers ? o.workers : std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
+  Dataplane dataplane(workers, o.io_uring, &events, o.message_timeout);
   Registry registry(std::move(*netlink), {o.runtime_dir, state_path}, net::read_machine_id(),
                     dataplane, &events);
   sd_notify(0, "STATUS=restoring saved endpoints");

@@ -21,6 +21,8 @@ const char* const kUsage =
     "  --state-dir DIR     where endpoints are saved (default /var/lib/vpd)\n"
     "  --check-config      check the config file and endpoint arguments, then exit\n"
     "  --verbose           log debug lines too\n"
+    "  --workers N         data-path threads, 1 to 64 (default one per core, at most 4);\n"
+    "                      queue pair p >= 1 of an endpoint runs on another one than pair 0\n"
     "  --no-io-uring       write guest frames to the TAP with writev, one system call per\n"
     "                      frame, even where io_uring is available\n"
     "  --message-timeout SECONDS\n"
@@ -90,6 +92,19 @@ Result<Options> parse_options(int argc, char** argv) {
       ok = value(o.runtime_dir);
     } else if (is("--state-dir")) {
       ok = value(o.state_dir);
+    } else if (is("--workers")) {
+      std::string text;
+      ok = value(text);
+      if (ok) {
+        unsigned n = 0;
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+        if (ec != std::errc{} || end != text.data() + text.size() || n < 1 || n > 64) {
+          return fail("usage", str("--workers takes a number of data-path threads from 1 to 64, "
+                                   "not '",
+                                   text, "'"));
+        }
+        o.workers = n;
+      }
     } else if (arg.starts_with("-") && arg.find('=') == std::string_view::npos) {
       return fail("usage", str("unknown option ", arg, "; see vpd --help"));
     } else {

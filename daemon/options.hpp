@@ -28,6 +28,7 @@ struct Options {
   bool version = false;
   bool help = false;
   bool verbose = false;
+  unsigned workers = 0;  // --workers N (1..64); 0: one per core, at most 4
   bool io_uring = true;  // --no-io-uring: guest->host writes use writev only
   std::chrono::seconds message_timeout = kDefaultMessageTimeout;  // --message-timeout
   std::chrono::seconds request_timeout = kDefaultRequestTimeout;  // --request-timeout

@@ -10,8 +10,7 @@ namespace vp::daemon {
 void PortStatus::add_counters(dataplane::NetCounters& local) noexcept {
   for (size_t i = 0; i < counters.size(); ++i) {
     const uint64_t v = local.*dataplane::kNetCounterFields[i].member;
-    if (v != 0)
-      counters[i].store(counters[i].load(std::memory_order_relaxed) + v, std::memory_order_relaxed);
+    if (v != 0) counters[i].fetch_add(v, std::memory_order_relaxed);
   }
   local = {};
 }
@@ -21,8 +20,7 @@ void PortStatus::add_queue_counts(uint32_t pair, dataplane::QueueCounts& local) 
   auto& slots = queue_counters[pair];
   for (size_t i = 0; i < slots.size(); ++i) {
     const uint64_t v = local.*dataplane::kQueueCountFields[i].member;
-    if (v != 0)
-      slots[i].store(slots[i].load(std::memory_order_relaxed) + v, std::memory_order_relaxed);
+    if (v != 0) slots[i].fetch_add(v, std::memory_order_relaxed);
   }
   local = {};
 }
@@ -144,8 +142,23 @@ void Port::on_event(EventKind kind, uint16_t queue, uint32_t events) {
 }
 
 void Port::set_tx_rate(const control::Rate& rate) {
+  // The endpoint's one bucket is not shared across workers: pairs come home first.
+  before_settings_change();
   config_.tx_rate = rate;
   apply_tx_rate();
+  after_settings_change();
+  publish();
+}
+
+void Port::set_priority(int priority) {
+  before_settings_change();
+  config_.priority = priority;
+  after_settings_change();
+  publish();
+}
+
+void Port::runner_stopped(uint16_t pair) {
+  on_runner_stopped(pair);
   publish();
 }
 

@@ -34,8 +34,9 @@ struct PortStatus {
   /// A guest negotiated features: the worker, not the control thread, owns the TAP's
   /// offloads and header length.
   bool active = false;
-  /// The data path's counters, in kNetCounterFields order. One writer, the worker, which adds
-  /// its local counts once per wake-up without a lock: the packet path takes no lock.
+  /// The data path's counters, in kNetCounterFields order. Writers: the endpoint's worker and
+  /// each worker serving one of its lent queue pairs (QueueRunner); each adds its local counts
+  /// once per wake-up with atomic adds, without a lock: the packet path takes no lock.
   std::array<std::atomic<uint64_t>, std::size(dataplane::kNetCounterFields)> counters{};
 
   /// Each queue pair's share of `counters` (vhost-user), QueueCounts fields in order; written
@@ -44,9 +45,9 @@ struct PortStatus {
              control::kMaxQueuePairs>
       queue_counters{};
 
-  /// Worker thread: adds `local` and clears it.
+  /// A worker thread: adds `local` (atomically) and clears it.
   void add_counters(dataplane::NetCounters& local) noexcept;
-  /// Worker thread: adds pair `pair`'s `local` share and clears it.
+  /// A worker thread: adds pair `pair`'s `local` share (atomically) and clears it.
   void add_queue_counts(uint32_t pair, dataplane::QueueCounts& local) noexcept;
   dataplane::NetCounters read_counters() const noexcept;
   dataplane::QueueCounts read_queue_counts(uint32_t pair) const noexcept;
@@ -60,7 +61,8 @@ class Port {
 
   const std::string& name() const { return config_.name; }
   int priority() const { return config_.priority; }
-  void set_priority(int priority) { config_.priority = priority; }
+  /// priority= raises only this worker's thread: lent queue pairs come home while it is set.
+  void set_priority(int priority);
   /// tx-rate= changed beside the session: the transport applies it from now on.
   void set_tx_rate(const control::Rate& rate);
 
@@ -69,6 +71,8 @@ class Port {
   void on_event(EventKind kind, uint16_t queue, uint32_t events);
   /// Carries on with work a previous round left for later (budget used up).
   void continue_work();
+  /// A worker serving lent pair `pair` found a ring stopped (broken): take it back, show it.
+  void runner_stopped(uint16_t pair);
 
  protected:
   /// `frontend` names the frontend in log lines. The derived constructor calls
@@ -94,6 +98,9 @@ class Port {
   }
   int epoll() const { return worker_.epoll(); }
   Worker& worker() { return worker_; }
+  const Worker& worker() const { return worker_; }
+  uint32_t id() const { return id_; }
+  const std::shared_ptr<PortStatus>& status() const { return status_; }
 
   // The transport's part.
   virtual bool session_open() const = 0;
@@ -111,6 +118,12 @@ class Port {
   virtual void on_stall_timer() {}
   /// config_.tx_rate changed.
   virtual void apply_tx_rate() {}
+  /// Around a settings change beside the session (tx-rate=): lent queue pairs come back to
+  /// this worker first and may leave again after.
+  virtual void before_settings_change() {}
+  virtual void after_settings_change() {}
+  /// See runner_stopped().
+  virtual void on_runner_stopped(uint16_t /*pair*/) {}
   /// Adds each queue pair's share of this wake-up's counts to `status` (vhost-user).
   virtual void publish_queue_counts(PortStatus& /*status*/) {}
   virtual void continue_pending() = 0;

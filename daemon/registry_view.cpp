@@ -102,6 +102,16 @@ json Registry::describe(const Endpoint& e) {
         queues.push_back(std::move(q));
       }
       status["queue_counters"] = std::move(queues);
+      // The data-path worker serving each queue pair while it runs (null: it does not).
+      json workers = json::array();
+      for (uint32_t p = 0; p < e.config.queues; ++p) {
+        if (p < v->queue_workers.size() && v->queue_workers[p] >= 0) {
+          workers.push_back(v->queue_workers[p]);
+        } else {
+          workers.push_back(nullptr);
+        }
+      }
+      status["queue_workers"] = std::move(workers);
     }
     status["refused_peers"] = v->refused_peers;
     if (v->state == SessionState::kConnected) {

@@ -53,6 +53,9 @@ struct SessionView {
   bool dirty_logging = false;              // live migration: LOG_ALL acked and a log set
   bool carrier = false;                    // vpd gave the TAP carrier (the guest's queues run)
   std::vector<std::string> broken_queues;  // "rx0: avail-index-jump"
+  /// vhost-user: the data-path worker serving each queue pair while both its rings run (-1:
+  /// the pair does not run). Pair 0 is always the endpoint's own worker.
+  std::vector<int> queue_workers;
   std::string tx_path;  // vhost-user: "io_uring" or "writev" (guest→host TAP writes)
   /// The process of the running session (kConnected only), as it was when it connected.
   std::optional<PeerProcess> frontend;

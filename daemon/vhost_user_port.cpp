@@ -263,9 +263,20 @@ bool VhostUserPort::fill_view(SessionView& v) const {
   v.tun_offloads = tun_offloads_;
   if (backend_) v.refused_messages = backend_->counters().requests_refused;
   v.dirty_logging = backend_ && backend_->logging();
+  // Which worker serves each running pair (-1: the pair does not run).
+  v.queue_workers.assign(pairs(), -1);
+  for (uint32_t p = 0; p < pairs(); ++p) {
+    const Pair& pair = pairs_[p];
+    if (!backend_ || !pair.rx_running || !pair.tx_running) continue;
+    v.queue_workers[p] =
+        static_cast<int>(pair.lent ? pair.runner->remote_index() : worker().index());
+  }
   v.broken_queues.clear();
   if (backend_) {
     for (uint32_t q = 0; q < num_queues(); ++q) {
+      // A lent pair's rings are the remote's; a ring that breaks there brings the pair back
+      // (on_runner_stopped), and it is shown then.
+      if (pairs_[q / 2].lent) continue;
       const auto reason = std::visit([](const auto& queue) { return queue.broken_reason(); },
                                      backend_->vring(q).queue);
       if (reason != virtio::BrokenReason::kNone) {
@@ -296,6 +307,7 @@ void VhostUserPort::start_session(Fd conn) {
 }
 
 void VhostUserPort::close_session(std::string_view why) {
+  take_back_pairs();
   conn_.clear();
   // Stop the rings (on_queue_stopped() for each) while backend_ still points at the
   // session: unique_ptr::reset() clears the pointer before the destructor runs.
@@ -354,6 +366,9 @@ void VhostUserPort::on_stall_timer() {
 
 void VhostUserPort::on_connection(uint32_t events) {
   if (!backend_) return;
+  // Any message may stop a ring, replace the memory table or the dirty log, change the
+  // features or the call/kick eventfds: no other worker serves a pair while one is handled.
+  take_back_pairs();
   Result<vhost::Backend::Status> r = vhost::Backend::Status::kOpen;
   if (events & EPOLLOUT) r = backend_->on_writable();
   if (r && *r == vhost::Backend::Status::kOpen && (events & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
@@ -375,6 +390,8 @@ void VhostUserPort::on_connection(uint32_t events) {
   // requests the front-end queued behind it would wake this worker in a loop.
   conn_.set(backend_->wants_write() ? EPOLLOUT : EPOLLIN);
   state_dirty_ = true;
+  // The batch is done: pairs whose rings both run go back to their workers.
+  lend_pairs();
 }
 
 /// Pair p's TAP queue: attached while a ring of the pair runs (queue 0 always), readable
@@ -426,6 +443,7 @@ void VhostUserPort::on_kick(uint16_t queue) {
   if (!backend_ || queue >= num_queues()) return;
   const uint32_t p = queue / 2u;
   Pair& pair = pairs_[p];
+  if (pair.lent) return;  // an event of this batch from before the pair was lent
   if (!(is_rx(queue) ? pair.rx_running : pair.tx_running || pair.tx_discarding)) return;
   dataplane::consume_kick(backend_->vring(queue).kick.get(), local_);
   if (!is_rx(queue)) {
@@ -442,6 +460,7 @@ void VhostUserPort::on_kick(uint16_t queue) {
 void VhostUserPort::on_tap(uint16_t p, uint32_t events) {
   if (p >= pairs()) return;
   Pair& pair = pairs_[p];
+  if (pair.lent) return;
   if ((events & EPOLLOUT) && pair.tx_blocked) {
     pair.tx_blocked = false;
     update_tap(p);
@@ -452,6 +471,7 @@ void VhostUserPort::on_tap(uint16_t p, uint32_t events) {
 
 void VhostUserPort::continue_pending() {
   for (uint32_t p = 0; p < pairs(); ++p) {
+    if (pairs_[p].lent) continue;
     if (pairs_[p].tx_pending) run_tx(p);
     if (pairs_[p].rx_pending) run_rx(p);
   }
@@ -491,7 +511,7 @@ void VhostUserPort::drain_tx_uring(uint32_t p) {
 }
 
 void VhostUserPort::on_uring(uint16_t p) {
-  if (!backend_ || p >= pairs()) return;
+  if (!backend_ || p >= pairs() || pairs_[p].lent) return;
   run_tx(p);
 }
 
@@ -621,6 +641,83 @@ void VhostUserPort::resume_throttled_tx() {
     pairs_[p].tx_throttled = false;
     if (backend_) run_tx(p);
   }
+}
+
+// Lending pairs to other workers -----------------------------------------------------------
+
+bool VhostUserPort::lendable(uint32_t p) const {
+  const Pair& pair = pairs_[p];
+  if (p == 0 || pair.lent || !backend_ || acked_ == 0) return false;
+  if (!pair.rx_running || !pair.tx_running || pair.tx_discarding || !pair.attached) return false;
+  // One bucket for the endpoint (this worker's); priority= raises only this worker's thread.
+  if (tx_bucket_.limited() || config_.priority != 0) return false;
+  for (const uint32_t q : {2 * p, 2 * p + 1}) {
+    const auto reason = std::visit([](const auto& queue) { return queue.broken_reason(); },
+                                   backend_->vring(q).queue);
+    if (reason != virtio::BrokenReason::kNone) return false;
+  }
+  return true;
+}
+
+void VhostUserPort::lend_pairs() {
+  const auto peers = worker().peers();
+  if (peers.size() < 2) return;
+  for (uint32_t p = 1; p < pairs(); ++p) {
+    Worker* target = peers[(worker().index() + p) % peers.size()];
+    if (target == &worker() || !lendable(p)) continue;
+    Pair& pair = pairs_[p];
+    // This worker lets go of every fd of the pair before the remote watches them.
+    pair.rx_kick.clear();
+    pair.tx_kick.clear();
+    pair.tap_interest.clear();
+    pair.uring_interest.clear();
+    LentPair lent;
+    lent.pair = p;
+    lent.tap_fd = pair.tap.fd();
+    lent.rx = &backend_->vring(2 * p);
+    lent.tx = &backend_->vring(2 * p + 1);
+    lent.session = session_;
+    lent.uring = pair.tx_uring.get();
+    lent.hold = &pair.rx_hold;
+    lent.tx_blocked = pair.tx_blocked;
+    lent.rx_paused = pair.rx_paused;
+    lent.tx_pending = pair.tx_pending;
+    lent.rx_pending = pair.rx_pending;
+    pair.tx_pending = pair.rx_pending = false;
+    if (!pair.runner) pair.runner = std::make_unique<QueueRunner>(worker(), id(), status());
+    pair.lent = true;
+    pair.runner->lend(*target, lent);
+    state_dirty_ = true;
+  }
+}
+
+void VhostUserPort::take_back(uint32_t p) {
+  Pair& pair = pairs_[p];
+  if (!pair.lent) return;
+  const LentPair back = pair.runner->take_back();
+  pair.lent = false;
+  pair.tx_blocked = back.tx_blocked;
+  pair.rx_paused = back.rx_paused;
+  pair.tx_pending = back.tx_pending;
+  pair.rx_pending = back.rx_pending;
+  // Served here again: its kicks, its TAP queue and its io_uring in this worker's epoll.
+  pair.rx_kick.set(EPOLLIN);
+  pair.tx_kick.set(EPOLLIN);
+  if (pair.tx_uring)
+    pair.uring_interest.set(pair.tx_uring->in_flight() > 0 ? uint32_t{EPOLLIN} : 0u);
+  update_tap(p);
+  if (pair.tx_pending || pair.rx_pending) mark_pending();
+  state_dirty_ = true;
+}
+
+void VhostUserPort::take_back_pairs() {
+  for (uint32_t p = 1; p < pairs(); ++p) take_back(p);
+}
+
+void VhostUserPort::on_runner_stopped(uint16_t p) {
+  if (p >= pairs() || !pairs_[p].lent) return;
+  take_back(p);
+  lend_pairs();  // not the broken pair: lendable() says no
 }
 
 }  // namespace vp::daemon

@@ -4,12 +4,14 @@
 // config space, ring start/stop) and the forwarding loop of its queue pairs.
 //
 // Queue pair p is receiveq p (virtqueue 2p), transmitq p (2p+1) and TAP queue p; each pair
-// forwards only between its own rings and its own TAP queue, and all of them run on this
-// worker. TAP queue 0 is the registry's (a dup) and always stays attached: the TAP's
-// device-wide settings (offloads, header size, carrier) go through it. Queues 1..N-1 are
-// attached to the TAP only while a ring of their pair runs, so that the kernel never steers
-// a flow to a queue nobody reads: a pair the guest did not enable supplies no RX and loses
-// nothing.
+// forwards only between its own rings and its own TAP queue. The session (every vhost-user
+// message) always runs on this worker, the owner; pair p >= 1 runs on worker
+// (owner + p) % workers while both its rings run and neither tx-rate= nor priority= is set
+// (a QueueRunner: the pair is lent), and comes back here before any message is handled. TAP queue 0
+// is the registry's (a dup) and always stays attached: the TAP's device-wide settings (offloads,
+// header size, carrier) go through it. Queues 1..N-1 are attached to the TAP only while a ring of
+// their pair runs, so that the kernel never steers a flow to a queue nobody reads: a pair the guest
+// did not enable supplies no RX and loses nothing.
 
 #include <array>
 #include <chrono>
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "daemon/port.hpp"
+#include "daemon/queue_runner.hpp"
 #include "dataplane/forward.hpp"
 #include "dataplane/tx_uring.hpp"
 #include "net/mac.hpp"
@@ -75,6 +78,11 @@ class VhostUserPort final : public Port, public vhost::Device {
 
     // This pair's share of local_ since the last publish (per-queue counters).
     dataplane::QueueCounts counts;
+
+    // Lent to another worker (`runner` serves it there): this worker touches none of the
+    // pair's rings, fds, io_uring, RxHold or the flags above but the *_running ones.
+    std::unique_ptr<QueueRunner> runner;
+    bool lent = false;
   };
 
   // Adds to `pair`'s share what the endpoint's local_ counts gain while it lives (one pass
@@ -113,6 +121,19 @@ class VhostUserPort final : public Port, public vhost::Device {
   void on_tx_rate_timer() override;
   void apply_tx_rate() override;
   void on_stall_timer() override;
+  void before_settings_change() override { take_back_pairs(); }
+  void after_settings_change() override { lend_pairs(); }
+  void on_runner_stopped(uint16_t pair) override;
+
+  /// Every lent pair comes back (synchronously) before a message, a close or a setting may
+  /// change what the pair uses; lend_pairs() hands out again those that may go.
+  void take_back_pairs();
+  void take_back(uint32_t p);
+  void lend_pairs();
+  /// Pair p may run on another worker: not pair 0, both rings run and are healthy, a guest
+  /// negotiated features, no tx-rate= (its one bucket is this worker's) and no priority=
+  /// (which raises only this worker's thread).
+  bool lendable(uint32_t p) const;
 
   /// After a batch of messages: arms the stall timer when a message is left incomplete (and
   /// was not already being timed), disarms it when none is.

@@ -1,5 +1,6 @@
 #include "daemon/worker.hpp"
 
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/epoll.h>
@@ -13,6 +14,7 @@
 #include <cstring>
 
 #include "daemon/port.hpp"
+#include "daemon/queue_runner.hpp"
 #include "sys/log.hpp"
 #include "sys/str.hpp"
 
@@ -133,11 +135,14 @@ Worker::Worker(unsigned index, bool io_uring, EventQueue* events,
       events_(events),
       message_timeout_(message_timeout),
       epoll_(::epoll_create1(EPOLL_CLOEXEC)),
-      wake_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+      wake_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)),
+      peer_wake_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.u64 = EventTag::kWake;
   ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
+  ev.data.u64 = EventTag::kPeerWake;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, peer_wake_.get(), &ev);
   thread_ = std::thread([this] { run(); });
 }
 
@@ -158,6 +163,70 @@ void Worker::post(std::function<void()> fn) {
   }
   const uint64_t one = 1;
   (void)!::write(wake_.get(), &one, sizeof one);
+}
+
+void Worker::detach_all() {
+  call([this] {
+    pending_.clear();
+    by_id_.clear();
+    ports_.clear();
+    apply_priority();
+    std::lock_guard lock(status_mutex_);
+    status_.clear();
+  });
+}
+
+void Worker::peer_post(std::function<void()> fn) {
+  {
+    std::lock_guard lock(peer_mutex_);
+    peer_commands_.push_back(std::move(fn));
+  }
+  const uint64_t one = 1;
+  (void)!::write(peer_wake_.get(), &one, sizeof one);
+}
+
+void Worker::peer_call(Worker& caller, std::function<void()> fn) {
+  // `done` lives on this stack: the command sets it last and then touches only `caller`
+  // (a worker, which outlives every port), never this frame.
+  std::atomic<bool> done{false};
+  peer_post([&fn, &done, w = &caller] {
+    fn();
+    done.store(true, std::memory_order_release);
+    const uint64_t one = 1;
+    (void)!::write(w->peer_wake_.get(), &one, sizeof one);
+  });
+  // The deadlock rule (see the header): only peer commands are served while waiting.
+  while (!done.load(std::memory_order_acquire)) {
+    pollfd pfd{caller.peer_wake_.get(), POLLIN, 0};
+    (void)::poll(&pfd, 1, -1);
+    caller.run_peer_commands();
+  }
+}
+
+void Worker::run_peer_commands() {
+  uint64_t count = 0;
+  (void)!::read(peer_wake_.get(), &count, sizeof count);
+  std::deque<std::function<void()>> batch;
+  {
+    std::lock_guard lock(peer_mutex_);
+    batch.swap(peer_commands_);
+  }
+  for (auto& fn : batch) fn();
+}
+
+uint32_t Worker::add_runner(QueueRunner* runner) {
+  const uint32_t id = next_id_++;
+  runners_[id] = runner;
+  return id;
+}
+
+void Worker::remove_runner(uint32_t id, QueueRunner* runner) {
+  runners_.erase(id);
+  std::erase(pending_runners_, runner);
+}
+
+void Worker::runner_stopped(uint32_t id, uint16_t pair) {
+  if (auto it = by_id_.find(id); it != by_id_.end()) it->second->runner_stopped(pair);
 }
 
 void Worker::call(std::function<void()> fn) {
@@ -280,10 +349,19 @@ void Worker::dispatch(uint64_t tag, uint32_t events) {
     run_commands();
     return;
   }
+  if (tag == EventTag::kPeerWake) {
+    run_peer_commands();
+    return;
+  }
   const EventTag t = EventTag::decode(tag);
-  auto it = by_id_.find(t.port);
-  if (it == by_id_.end()) return;  // the port went away earlier in this batch
-  it->second->on_event(t.kind, t.queue, events);
+  if (auto it = by_id_.find(t.port); it != by_id_.end()) {
+    it->second->on_event(t.kind, t.queue, events);
+    return;
+  }
+  // A pair lent to this worker (or nothing: it went away earlier in this batch).
+  if (auto it = runners_.find(t.port); it != runners_.end()) {
+    it->second->on_event(t.kind, t.queue, events);
+  }
 }
 
 void Worker::run() {
@@ -293,7 +371,8 @@ void Worker::run() {
   log::info("data-path worker ", index_, " running");
   epoll_event events[64];
   while (!stop_) {
-    const int n = ::epoll_wait(epoll_.get(), events, 64, pending_.empty() ? -1 : 0);
+    const bool idle = pending_.empty() && pending_runners_.empty();
+    const int n = ::epoll_wait(epoll_.get(), events, 64, idle ? -1 : 0);
     if (n < 0 && errno != EINTR) {
       log::error("data-path worker ", index_, ": epoll_wait: ", std::strerror(errno));
       return;
@@ -304,6 +383,12 @@ void Worker::run() {
       running_.swap(pending_);
       for (Port* p : running_) p->continue_work();
       running_.clear();
+    }
+    if (n <= 0 && !pending_runners_.empty()) {
+      // A runner never takes a pair back or lends one, so none leaves while this runs.
+      running_runners_.swap(pending_runners_);
+      for (QueueRunner* r : running_runners_) r->continue_work();
+      running_runners_.clear();
     }
   }
 }

@@ -27,6 +27,7 @@ namespace vp::daemon {
 
 class EventQueue;
 class Port;
+class QueueRunner;
 struct PortStatus;
 
 /// Named event kinds: what a port's epoll event is about.
@@ -47,6 +48,8 @@ enum class EventKind : uint8_t {
 /// ever be taken for it.
 struct EventTag {
   static constexpr uint64_t kWake = 0;
+  /// The worker's queue of lend/take-back commands from other workers (port 0 as well).
+  static constexpr uint64_t kPeerWake = 1;
   static constexpr uint32_t kFirstPortId = 1;
 
   uint32_t port = 0;
@@ -181,10 +184,38 @@ class Worker {
   /// `port` left work for later (budget used up): continue_work() once the epoll is idle.
   void mark_pending(Port* port) { pending_.push_back(port); }
   void forget_pending(Port* port) { std::erase(pending_, port); }
+  void mark_pending(QueueRunner* runner) { pending_runners_.push_back(runner); }
+  void forget_pending(QueueRunner* runner) { std::erase(pending_runners_, runner); }
+  unsigned index() const { return index_; }
+  /// Every worker of the daemon (this one included), in index order; set before any port.
+  std::span<Worker* const> peers() const { return peers_; }
+  void set_peers(std::vector<Worker*> peers) { peers_ = std::move(peers); }
+
+  // Between workers: lending a queue pair to another worker ----------------------------------
+  //
+  // Deadlock rule: a worker waiting for another (peer_call) serves, while it waits, only the
+  // peer commands addressed to it — never the control thread's commands, never its own
+  // ports' events — and a peer command never waits for anyone. So A waiting for B while B
+  // waits for A ends: each runs the other's command from inside its wait.
+
+  /// Queues `fn` on this worker's peer queue and returns at once (a lend).
+  void peer_post(std::function<void()> fn);
+  /// Runs `fn` on this worker's thread and waits for it; `caller` is the waiting worker,
+  /// which serves its own peer queue meanwhile (a take-back).
+  void peer_call(Worker& caller, std::function<void()> fn);
+  /// Worker thread: serves `runner`'s events from now on under a new tag id (returned).
+  uint32_t add_runner(QueueRunner* runner);
+  void remove_runner(uint32_t id, QueueRunner* runner);
+  /// Owner thread: a runner of port `id` saw a ring stop (broken): the port takes it back.
+  void runner_stopped(uint32_t id, uint16_t pair);
+  /// Control thread, at shutdown, before any worker is destroyed: ends every port here (and
+  /// so takes back every pair lent to another worker while all of them still run).
+  void detach_all();
 
  private:
   void run();
   void run_commands();
+  void run_peer_commands();
   void dispatch(uint64_t tag, uint32_t events);
   void add(uint32_t id, std::unique_ptr<Port> port);
   void remove(const std::string& name);
@@ -201,6 +232,10 @@ class Worker {
   std::atomic<bool> stop_{false};
   std::mutex commands_mutex_;
   std::deque<std::function<void()>> commands_;
+  Fd peer_wake_;
+  std::mutex peer_mutex_;
+  std::deque<std::function<void()>> peer_commands_;
+  std::vector<Worker*> peers_;
   dataplane::NetScratch scratch_;
   // Worker thread only.
   uint32_t next_id_ = EventTag::kFirstPortId;
@@ -209,6 +244,10 @@ class Worker {
   std::map<std::string, std::unique_ptr<Port>> ports_;
   std::vector<Port*> pending_;
   std::vector<Port*> running_;  // the pending_ being served
+  // Queue pairs other workers lent to this one (tag id → runner), and those with work left.
+  std::map<uint32_t, QueueRunner*> runners_;
+  std::vector<QueueRunner*> pending_runners_;
+  std::vector<QueueRunner*> running_runners_;
   // Shared with the control thread.
   mutable std::mutex status_mutex_;
   std::map<std::string, std::shared_ptr<PortStatus>> status_;

@@ -166,7 +166,10 @@ TEST_P(DpdkVirtioUser, frames_cross_both_ways_for_ten_rings_per_queue) {
   const Case c = GetParam();
   // No IPv6 on the TAP: the kernel then sends nothing of its own to the guest.
   write_text("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
-  ASSERT_EQ(vpd().start(), "");
+  // With several pairs, two data-path workers: pair 1 runs on the other one than pair 0.
+  ASSERT_EQ(vpd().start(c.queues > 1 ? std::vector<std::string>{"--workers", "2"}
+                                     : std::vector<std::string>{}),
+            "");
   ok({"vp0", "create", "queues=" + std::to_string(c.queues), "up"});
   const std::string socket = vpd().runtime_dir() + "/vp0.sock";
 
@@ -185,6 +188,13 @@ TEST_P(DpdkVirtioUser, frames_cross_both_ways_for_ten_rings_per_queue) {
       << "the rings never all ran: " << stats().dump(2);
   const json session = stats()["session"];
   EXPECT_EQ(session.value("ring", ""), c.packed ? "packed" : "split") << session.dump(2);
+  if (c.queues > 1) {
+    const json workers = vpd().ctl_json({"vp0"})["status"]["queue_workers"];
+    ASSERT_TRUE(workers.is_array() && workers.size() == 2 && workers[0].is_number() &&
+                workers[1].is_number())
+        << workers.dump();
+    EXPECT_NE(workers[0], workers[1]) << "pair 1 runs on its own worker: " << workers.dump();
+  }
   ASSERT_TRUE(testpmd_->wait_output("testpmd> ", 1, kStartTimeout));
 
   // ---- guest -> host ----

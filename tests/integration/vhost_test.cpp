@@ -174,9 +174,11 @@ class VhostUser : public ::testing::TestWithParam<bool> {
   void SetUp() override {
     ASSERT_EQ(enter_private_netns(), "");
     vpd_ = std::make_unique<Vpd>(dir_.path());
-    ASSERT_EQ(vpd_->start(), "");
+    ASSERT_EQ(vpd_->start(vpd_args()), "");
     ASSERT_EQ(vpd_->ctl({"vp0", "create", "address=10.98.0.1/24", "up"}).status, 0);
   }
+
+  virtual std::vector<std::string> vpd_args() const { return {}; }
 
   // Connects, negotiates (split or packed per the test parameter) and starts both rings.
   void attach(uint64_t without = 0) {
@@ -902,6 +904,372 @@ TEST_P(VhostUser, send_rarp_puts_qemus_announcement_on_the_tap) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Rings, VhostUser, ::testing::Values(false, true),
+                         [](const auto& param_info) {
+                           return param_info.param ? "packed" : "split";
+                         });
+
+// --- Queue pairs on their own workers (vpd --workers 2) --------------------------------------
+
+class VhostUserTwoWorkers : public VhostUser {
+ protected:
+  std::vector<std::string> vpd_args() const override { return {"--workers", "2"}; }
+
+  // status.queue_workers of `endpoint` once both pairs show a worker (or after 5 s).
+  nlohmann::json queue_workers(const std::string& endpoint = "vp0") {
+    nlohmann::json w;
+    for (int i = 0; i < 250; ++i) {
+      w = vpd_->ctl_json({endpoint})["status"]["queue_workers"];
+      if (w.is_array() && w.size() == 2 && w[0].is_number() && w[1].is_number()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return w;
+  }
+
+  // Asserts that pair 0 and pair 1 of `endpoint` run on two different workers.
+  void expect_pairs_apart(const std::string& endpoint = "vp0") {
+    const auto w = queue_workers(endpoint);
+    ASSERT_TRUE(w.is_array() && w.size() == 2 && w[0].is_number() && w[1].is_number())
+        << w.dump() << "\n"
+        << vpd_->log();
+    EXPECT_NE(w[0], w[1]) << "pair 1 runs on another worker than pair 0: " << w.dump();
+  }
+
+  // A UDP datagram's payload that says which pair sent it and its number.
+  static std::vector<uint8_t> tagged(uint32_t pair, uint32_t n) {
+    std::vector<uint8_t> p = pattern(48, static_cast<uint8_t>(n * 3 + pair));
+    p[0] = static_cast<uint8_t>(pair);
+    p[1] = static_cast<uint8_t>(n >> 8);
+    p[2] = static_cast<uint8_t>(n & 0xff);
+    return p;
+  }
+
+  // Posts frames first..first+count-1 of `pair` to the host socket on port 7000 and kicks.
+  void post_tagged(uint32_t pair, uint32_t first, uint32_t count) {
+    const uint32_t ring = pair == 0 ? kTx : kTx1;
+    for (uint32_t n = first; n < first + count; ++n) {
+      ASSERT_TRUE(fe_->post_tx(ring, guest_udp(mac_, 7000, tagged(pair, n), 0))) << n;
+    }
+    ASSERT_TRUE(fe_->kick(ring));
+  }
+
+  // Gives back the used TX chains of both pairs (as a driver does).
+  void reclaim_tx() {
+    for (const uint32_t ring : {kTx, kTx1}) {
+      while (fe_->next_used(ring)) {
+      }
+    }
+  }
+
+  // Receives datagrams on `host` until `want` (or 10 s), each checked against tagged():
+  // every one intact and none twice. Returns how many of each pair arrived.
+  std::array<uint32_t, 2> receive_tagged(const Fd& host, size_t want) {
+    std::array<uint32_t, 2> per_pair{};
+    std::set<std::pair<uint32_t, uint32_t>> seen;
+    const auto deadline = steady_clock::now() + std::chrono::seconds(10);
+    while (seen.size() < want && steady_clock::now() < deadline) {
+      reclaim_tx();
+      for (auto& d : receive_datagrams(host, want - seen.size(), std::chrono::milliseconds(50))) {
+        EXPECT_EQ(d.size(), 48u);
+        if (d.size() != 48 || d[0] > 1) continue;
+        const uint32_t pair = d[0];
+        const uint32_t n = uint32_t(d[1]) << 8 | d[2];
+        EXPECT_EQ(d, tagged(pair, n)) << "pair " << pair << " frame " << n << " intact";
+        EXPECT_TRUE(seen.insert({pair, n}).second) << "pair " << pair << " frame " << n << " twice";
+        ++per_pair[pair];
+      }
+    }
+    return per_pair;
+  }
+
+  // The per-pair counters once pair `pair`'s tx_packets reached `tx` (or after 5 s).
+  nlohmann::json queue_counters_at(uint32_t pair, uint64_t tx) {
+    return queue_counters_when([&](const nlohmann::json& q) {
+      return q.is_array() && q.size() == 2 && q[pair].value("tx_packets", 0u) >= tx;
+    });
+  }
+
+  void start_traffic_setup() {
+    attach_two_pairs(/*enable_pair1=*/true);
+    mac_ = vp0_mac();
+  }
+
+  // The host socket on port 7000, with room for every datagram a test sends before it reads
+  // (the default receive buffer holds about 270 of them).
+  static Fd host_socket() {
+    Fd s = host_udp_socket(7000);
+    const int bytes = 8 << 20;
+    if (s) (void)::setsockopt(s.get(), SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof bytes);
+    return s;
+  }
+
+  std::array<uint8_t, 6> mac_{};
+};
+
+TEST_P(VhostUserTwoWorkers, both_pairs_on_their_own_workers_carry_frames_both_ways_exactly) {
+  start_traffic_setup();
+  ASSERT_NO_FATAL_FAILURE(expect_pairs_apart());
+  const std::string view = vpd_->ctl({"vp0"}).out;
+  EXPECT_NE(view.find("queue workers"), std::string::npos) << view;
+  EXPECT_NE(view.find("pair 1 on worker"), std::string::npos) << view;
+
+  // Guest -> host: 100 frames on each pair, every one delivered intact and counted on its pair.
+  Fd host = host_socket();
+  ASSERT_TRUE(host);
+  constexpr uint32_t kEach = 100;
+  post_tagged(0, 0, kEach);
+  post_tagged(1, 0, kEach);
+  const auto per_pair = receive_tagged(host, 2 * kEach);
+  EXPECT_EQ(per_pair[0], kEach) << vpd_->log();
+  EXPECT_EQ(per_pair[1], kEach) << vpd_->log();
+  const auto q = queue_counters_at(1, kEach);
+  ASSERT_TRUE(q.is_array() && q.size() == 2) << q.dump();
+  const uint64_t frame_bytes = 14 + 20 + 8 + 48;
+  for (uint32_t pair = 0; pair < 2; ++pair) {
+    EXPECT_EQ(q[pair].value("tx_packets", 0u), kEach) << q.dump();
+    EXPECT_EQ(q[pair].value("tx_bytes", 0u), kEach * frame_bytes) << q.dump();
+    EXPECT_EQ(q[pair].value("tx_dropped", 9u), 0u) << q.dump();
+  }
+  EXPECT_EQ(counters().value("tx_packets", 0u), 2 * kEach) << counters().dump();
+
+  // Host -> guest: flows spread over both TAP queues reach both RX rings; the pairs' RX
+  // counts add up to the endpoint's.
+  int on_rx0 = 0;
+  int on_rx1 = 0;
+  for (const uint32_t rx : {kRx, kRx1}) {
+    for (int i = 0; i < 64; ++i) ASSERT_TRUE(fe_->post_rx(rx));
+    ASSERT_TRUE(fe_->kick(rx));
+  }
+  send_udp_flows(32);
+  count_udp_flows({{kRx, &on_rx0}, {kRx1, &on_rx1}}, 32, std::chrono::seconds(5));
+  EXPECT_EQ(on_rx0 + on_rx1, 32) << vpd_->log();
+  EXPECT_GT(on_rx1, 0) << "TAP queue 1 feeds pair 1 on its worker";
+  nlohmann::json status;
+  uint64_t pairs_sum = 0;
+  for (int i = 0; i < 250; ++i) {
+    status = vpd_->ctl_json({"vp0"})["status"];
+    const auto& qc = status["queue_counters"];
+    pairs_sum = qc[0].value("rx_packets", 0u) + qc[1].value("rx_packets", 0u);
+    if (pairs_sum >= 32 && pairs_sum == status["counters"].value("rx_packets", 0u)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_GE(status["queue_counters"][1].value("rx_packets", 0), on_rx1) << status.dump();
+  EXPECT_EQ(pairs_sum, status["counters"].value("rx_packets", 0u)) << status.dump();
+  ASSERT_NO_FATAL_FAILURE(expect_pairs_apart());
+}
+
+TEST_P(VhostUserTwoWorkers, pair1_restarted_and_a_new_memory_table_while_it_sends_lose_no_frame) {
+  start_traffic_setup();
+  ASSERT_NO_FATAL_FAILURE(expect_pairs_apart());
+  Fd host = host_socket();
+  ASSERT_TRUE(host);
+  constexpr uint32_t kBatch = 40;
+  constexpr uint32_t kRounds = 8;
+  for (uint32_t round = 0; round < kRounds; ++round) {
+    // Frames in flight on pair 1's worker, then at once a message that takes the pair back.
+    post_tagged(1, round * kBatch, kBatch);
+    if (round % 2 == 0) {
+      ASSERT_TRUE(fe_->get_vring_base(kRx1)) << vpd_->log();
+      ASSERT_TRUE(fe_->get_vring_base(kTx1)) << vpd_->log();
+      ASSERT_TRUE(fe_->setup_queue(kRx1, 256)) << vpd_->log();
+      ASSERT_TRUE(fe_->setup_queue(kTx1, 256)) << vpd_->log();
+      ASSERT_TRUE(fe_->kick(kTx1));
+    } else {
+      ASSERT_TRUE(fe_->set_mem_table()) << vpd_->log();
+    }
+    reclaim_tx();
+  }
+  const auto per_pair = receive_tagged(host, kRounds * kBatch);
+  EXPECT_EQ(per_pair[1], kRounds * kBatch) << vpd_->log();
+  EXPECT_EQ(per_pair[0], 0u);
+  const auto q = queue_counters_at(1, kRounds * kBatch);
+  EXPECT_EQ(q[1].value("tx_packets", 0u), kRounds * kBatch) << q.dump();
+  EXPECT_EQ(q[1].value("tx_dropped", 9u), 0u) << q.dump();
+  EXPECT_EQ(q[0].value("tx_packets", 9u), 0u) << q.dump();
+  EXPECT_EQ(counters().value("tx_packets", 0u), kRounds * kBatch) << counters().dump();
+  // Lent out again once its rings ran again.
+  ASSERT_NO_FATAL_FAILURE(expect_pairs_apart());
+}
+
+TEST_P(VhostUserTwoWorkers,
+       session_closed_and_endpoint_destroyed_while_pair1_sends_leave_vpd_serving) {
+  start_traffic_setup();
+  ASSERT_NO_FATAL_FAILURE(expect_pairs_apart());
+  // The front-end goes away with frames on pair 1's ring.
+  post_tagged(1, 0, 100);
+  fe_.reset();
+  bool listening = false;
+  for (int i = 0; i < 250 && !listening; ++i) {
+    listening = vpd_->ctl_json({"vp0"})["status"].value("guest", "") == "listening";
+    if (!listening) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(listening) << vpd_->ctl_json({"vp0"}).dump() << vpd_->log();
+
+  // A new session gets both pairs on their workers again and pair 1 carries frames.
+  start_traffic_setup();
+  ASSERT_NO_FATAL_FAILURE(expect_pairs_apart());
+  {
+    Fd host = host_socket();
+    ASSERT_TRUE(host);
+    post_tagged(1, 0, 20);
+    EXPECT_EQ(receive_tagged(host, 20)[1], 20u) << vpd_->log();
+  }
+
+  // Destroyed with frames on pair 1's ring: the daemon goes on serving other endpoints.
+  post_tagged(1, 20, 100);
+  ASSERT_EQ(vpd_->ctl({"vp0", "destroy"}).status, 0) << vpd_->log();
+  fe_.reset();
+  ASSERT_TRUE(vpd_->alive());
+  ASSERT_EQ(vpd_->ctl({"vp0", "create", "address=10.98.0.1/24", "up"}).status, 0) << vpd_->log();
+  start_traffic_setup();
+  ASSERT_NO_FATAL_FAILURE(expect_pairs_apart());
+  Fd host = host_socket();
+  ASSERT_TRUE(host);
+  post_tagged(1, 0, 20);
+  post_tagged(0, 0, 20);
+  const auto per_pair = receive_tagged(host, 40);
+  EXPECT_EQ(per_pair[0], 20u) << vpd_->log();
+  EXPECT_EQ(per_pair[1], 20u) << vpd_->log();
+  EXPECT_TRUE(vpd_->alive());
+}
+
+// vp0's pair 1 runs on vp1's worker and vp1's on vp0's: both sessions ending at once make
+// each worker take a pair back from the other while the other does the same.
+TEST_P(VhostUserTwoWorkers, two_endpoints_with_crossed_pairs_restart_their_sessions_at_once) {
+  ASSERT_EQ(vpd_->ctl({"vp0", "queues=2"}).status, 0);
+  ASSERT_EQ(vpd_->ctl({"vp1", "create", "queues=2", "up"}).status, 0) << vpd_->log();
+  auto connect = [&](const std::string& endpoint, std::string& why) {
+    std::unique_ptr<VhostFrontend> fe;
+    auto c = VhostFrontend::connect(vpd_->runtime_dir() + "/" + endpoint + ".sock",
+                                    VhostFrontend::Options{});
+    if (!c) {
+      why = c.error().message;
+      return fe;
+    }
+    uint64_t features = ~0ull;
+    if (!GetParam()) features &= ~virtio::kFeatureRingPacked;
+    Result<void> ok = (*c)->negotiate(features, ~0ull);
+    if (ok) ok = (*c)->set_mem_table();
+    for (uint32_t ring = 0; ok && ring < 4; ++ring) ok = (*c)->setup_queue(ring, 256);
+    if (!ok) {
+      why = ok.error().message;
+      return fe;
+    }
+    return std::move(*c);
+  };
+  std::string why0;
+  std::string why1;
+  auto fe0 = connect("vp0", why0);
+  auto fe1 = connect("vp1", why1);
+  ASSERT_TRUE(fe0 && fe1) << why0 << why1 << vpd_->log();
+  ASSERT_NO_FATAL_FAILURE(expect_pairs_apart("vp0"));
+  ASSERT_NO_FATAL_FAILURE(expect_pairs_apart("vp1"));
+  const auto w0 = queue_workers("vp0");
+  const auto w1 = queue_workers("vp1");
+  EXPECT_EQ(w0[0], w1[1]) << "vp1's pair 1 runs on vp0's worker: " << w0 << w1;
+  EXPECT_EQ(w0[1], w1[0]) << "vp0's pair 1 runs on vp1's worker: " << w0 << w1;
+
+  // Each endpoint's front-end closes and comes back, both at the same time, 50 times.
+  constexpr int kRestarts = 50;
+  auto restart = [&](const std::string& endpoint, std::unique_ptr<VhostFrontend>& fe,
+                     std::string& why) {
+    for (int i = 0; i < kRestarts && why.empty(); ++i) {
+      // Frames on pair 1's ring as the session ends: its worker is busy with them.
+      for (int f = 0; f < 16; ++f) (void)fe->post_tx(kTx1, arp_request(1, 0, 3));
+      (void)fe->kick(kTx1);
+      fe.reset();
+      for (int tries = 0; tries < 500 && !fe; ++tries) {
+        why.clear();
+        fe = connect(endpoint, why);  // refused while vpd still ends the old session
+        if (!fe) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+  };
+  std::thread t0([&] { restart("vp0", fe0, why0); });
+  std::thread t1([&] { restart("vp1", fe1, why1); });
+  t0.join();
+  t1.join();
+  ASSERT_TRUE(fe0 && fe1) << why0 << " / " << why1 << vpd_->log();
+  ASSERT_TRUE(vpd_->alive());
+  ASSERT_NO_FATAL_FAILURE(expect_pairs_apart("vp0"));
+  ASSERT_NO_FATAL_FAILURE(expect_pairs_apart("vp1"));
+  for (const std::string endpoint : {"vp0", "vp1"}) {
+    EXPECT_EQ(vpd_->ctl_json({endpoint})["status"]["session"].value("queues_running", 0u), 4u)
+        << endpoint;
+  }
+  // vp0's pair 1 still forwards: a frame from it reaches the host.
+  fe_ = std::move(fe0);
+  mac_ = vp0_mac();
+  Fd host = host_socket();
+  ASSERT_TRUE(host);
+  post_tagged(1, 0, 10);
+  EXPECT_EQ(receive_tagged(host, 10)[1], 10u) << vpd_->log();
+}
+
+TEST_P(VhostUserTwoWorkers, tx_rate_keeps_both_pairs_on_the_owner_until_it_is_cleared) {
+  start_traffic_setup();
+  ASSERT_NO_FATAL_FAILURE(expect_pairs_apart());
+  // The limit is one bucket for the endpoint: pair 1 comes home while it is set.
+  ASSERT_EQ(vpd_->ctl({"vp0", "tx-rate=100mbit"}).status, 0) << vpd_->log();
+  nlohmann::json w;
+  for (int i = 0; i < 250; ++i) {
+    w = vpd_->ctl_json({"vp0"})["status"]["queue_workers"];
+    if (w.is_array() && w.size() == 2 && w[0] == w[1]) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(w.is_array() && w.size() == 2 && w[0].is_number()) << w.dump();
+  EXPECT_EQ(w[0], w[1]) << "with tx-rate= both pairs run on the owner: " << w.dump();
+  {
+    Fd host = host_socket();
+    ASSERT_TRUE(host);
+    post_tagged(1, 0, 20);
+    EXPECT_EQ(receive_tagged(host, 20)[1], 20u) << "pair 1 still forwards on the owner";
+  }
+  ASSERT_EQ(vpd_->ctl({"vp0", "-tx-rate"}).status, 0) << vpd_->log();
+  ASSERT_NO_FATAL_FAILURE(expect_pairs_apart());
+  Fd host = host_socket();
+  ASSERT_TRUE(host);
+  post_tagged(1, 20, 20);
+  EXPECT_EQ(receive_tagged(host, 20)[1], 20u) << vpd_->log();
+  const auto q = queue_counters_at(1, 40);
+  EXPECT_EQ(q[1].value("tx_packets", 0u), 40u) << q.dump();
+}
+
+TEST_P(VhostUserTwoWorkers, priority_keeps_both_pairs_on_the_owner_until_it_is_cleared) {
+  start_traffic_setup();
+  ASSERT_NO_FATAL_FAILURE(expect_pairs_apart());
+  // priority= raises the owner's thread only: pair 1 comes home while it is set.
+  ASSERT_EQ(vpd_->ctl({"vp0", "priority=10"}).status, 0) << vpd_->log();
+  nlohmann::json w;
+  for (int i = 0; i < 250; ++i) {
+    w = vpd_->ctl_json({"vp0"})["status"]["queue_workers"];
+    if (w.is_array() && w.size() == 2 && w[0] == w[1]) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(w.is_array() && w.size() == 2 && w[0].is_number()) << w.dump();
+  EXPECT_EQ(w[0], w[1]) << "with priority= both pairs run on the owner: " << w.dump();
+  ASSERT_EQ(vpd_->ctl({"vp0", "priority=0"}).status, 0) << vpd_->log();
+  ASSERT_NO_FATAL_FAILURE(expect_pairs_apart());
+  Fd host = host_socket();
+  ASSERT_TRUE(host);
+  post_tagged(1, 0, 20);
+  EXPECT_EQ(receive_tagged(host, 20)[1], 20u) << vpd_->log();
+}
+
+TEST(VpdWorkersOption, a_count_outside_1_to_64_or_not_a_number_is_refused_with_a_sentence) {
+  for (const std::string bad : {"0", "65", "two", "-1", "2x"}) {
+    const vp::test::Run r =
+        run({VPD_BINARY, "--workers", bad, "--check-config", "--config", "/dev/null"});
+    EXPECT_NE(r.status, 0) << bad;
+    EXPECT_NE(
+        r.err.find("--workers takes a number of data-path threads from 1 to 64, not '" + bad + "'"),
+        std::string::npos)
+        << bad << ": " << r.err;
+  }
+  const vp::test::Run help = run({VPD_BINARY, "--help"});
+  EXPECT_NE(help.out.find("--workers N"), std::string::npos) << help.out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Rings, VhostUserTwoWorkers, ::testing::Values(false, true),
                          [](const auto& param_info) {
                            return param_info.param ? "packed" : "split";
                          });
