@@ -62,13 +62,10 @@ void QueueRunner::stop() {
   rx_kick_.clear();
   tx_kick_.clear();
   uring_.clear();
-  if (p_.uring && !p_.uring->idle()) {
-    // Nothing may read guest memory or write the used ring once the owner has the pair back.
-    const dataplane::QueueCounts before = dataplane::queue_counts(local_);
-    std::visit([&](auto& q) { dataplane::drain_tx_uring(q, *p_.uring, p_.tx->call.get(), local_); },
-               p_.tx->queue);
-    dataplane::add_difference(counts_, dataplane::queue_counts(local_), before);
-  }
+  // The tx io_uring goes home with its writes in flight, as it is on a pair that never left:
+  // the owner watches its completions from now on, and drains it only where a ring really
+  // stops (on_queue_stopped) or the memory changes. Draining here would cancel writes parked
+  // on a full TAP, and drop their frames, on every message of the session.
   // The pair's own flags say what was left for later; the owner carries on with them.
   here_->forget_pending(this);
   pending_marked_ = false;

@@ -340,7 +340,7 @@ void drain_tx_uring(Q& q, TxUring& t, int call_fd, NetCounters& c) noexcept {
     // drains, long after the guest memory they read is gone: cancel them, then wait for
     // every completion. A write already running finishes; it cannot block.
     if (io_uring_sqe* sqe = io_uring_get_sqe(t.ring_.get())) {
-      io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+      io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
       sqe->user_data = kCancelTag;
       ++t.unsubmitted_;
     }
