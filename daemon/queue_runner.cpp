@@ -2,9 +2,8 @@
 
 #include <sys/epoll.h>
 
-#include <variant>
-
 #include "daemon/port.hpp"
+#include "daemon/ring_pass.hpp"
 
 namespace vp::daemon {
 
@@ -131,51 +130,29 @@ void QueueRunner::publish() {
   status_->add_counters(local_);
 }
 
+void QueueRunner::report_stopped() {
+  if (stop_reported_) return;
+  // A broken ring: the owner takes the pair back and shows why (a post, never a wait).
+  stop_reported_ = true;
+  owner_.post([owner = &owner_, id = owner_port_, pair = p_.pair] {
+    owner->runner_stopped(id, static_cast<uint16_t>(pair));
+  });
+}
+
 void QueueRunner::run_tx() {
-  vhost::Vring& v = *p_.tx;
   p_.tx_pending = false;
-  const dataplane::QueueCounts before = dataplane::queue_counts(local_);
-  struct Share {
-    QueueRunner& r;
-    const dataplane::QueueCounts& before;
-    ~Share() { dataplane::add_difference(r.counts_, dataplane::queue_counts(r.local_), before); }
-  } share{*this, before};
-  dataplane::TxUring* uring = p_.uring;
-  struct WatchCompletions {
-    Interest& interest;
-    dataplane::TxUring* uring;
-    ~WatchCompletions() {
-      if (uring) interest.set(uring->in_flight() > 0 ? uint32_t{EPOLLIN} : 0u);
-    }
-  } watch{uring_, uring};
+  const ShareCounts share(local_, counts_);
+  const WatchCompletions watch(uring_, p_.uring);
   for (int round = 0; round < kRoundsPerWake; ++round) {
-    const dataplane::ForwardResult r = std::visit(
-        [&](auto& q) {
-          const uint64_t logged = q.counters().dirty_pages_logged;
-          dataplane::ForwardResult result;
-          if (uring) {
-            result = dataplane::forward_tx_uring(q, *uring, p_.tap_fd, v.call.get(), p_.session,
-                                                 here_->scratch(), local_, nullptr);
-          } else {
-            result = dataplane::forward_tx(q, p_.tap_fd, v.call.get(), p_.session, here_->scratch(),
-                                           local_, nullptr);
-          }
-          local_.dirty_pages_logged += q.counters().dirty_pages_logged - logged;
-          return result;
-        },
-        v.queue);
+    // tx-rate= keeps every pair on its owner: no bucket here.
+    const dataplane::ForwardResult r = tx_pass(*p_.tx, p_.tap_fd, /*discard=*/false, p_.uring,
+                                               p_.session, here_->scratch(), local_, nullptr);
     if (r.status == dataplane::ForwardStatus::kBudget) continue;
     if (r.status == dataplane::ForwardStatus::kTapFull) {
       p_.tx_blocked = true;
       update_tap();
     }
-    if (r.status == dataplane::ForwardStatus::kQueueStopped && !stop_reported_) {
-      // A broken ring: the owner takes the pair back and shows why (a post, never a wait).
-      stop_reported_ = true;
-      owner_.post([owner = &owner_, id = owner_port_, pair = p_.pair] {
-        owner->runner_stopped(id, static_cast<uint16_t>(pair));
-      });
-    }
+    if (r.status == dataplane::ForwardStatus::kQueueStopped) report_stopped();
     return;
   }
   p_.tx_pending = true;
@@ -183,35 +160,17 @@ void QueueRunner::run_tx() {
 }
 
 void QueueRunner::run_rx() {
-  vhost::Vring& v = *p_.rx;
   p_.rx_pending = false;
-  const dataplane::QueueCounts before = dataplane::queue_counts(local_);
-  struct Share {
-    QueueRunner& r;
-    const dataplane::QueueCounts& before;
-    ~Share() { dataplane::add_difference(r.counts_, dataplane::queue_counts(r.local_), before); }
-  } share{*this, before};
+  const ShareCounts share(local_, counts_);
   for (int round = 0; round < kRoundsPerWake; ++round) {
-    const dataplane::ForwardResult r = std::visit(
-        [&](auto& q) {
-          const uint64_t logged = q.counters().dirty_pages_logged;
-          const dataplane::ForwardResult result = dataplane::forward_rx(
-              q, p_.tap_fd, v.call.get(), p_.session, here_->scratch(), local_, p_.hold);
-          local_.dirty_pages_logged += q.counters().dirty_pages_logged - logged;
-          return result;
-        },
-        v.queue);
+    const dataplane::ForwardResult r =
+        rx_pass(*p_.rx, p_.tap_fd, p_.session, here_->scratch(), local_, p_.hold);
     if (r.status == dataplane::ForwardStatus::kBudget) continue;
     if (r.status == dataplane::ForwardStatus::kNoBuffers) {
       p_.rx_paused = true;
       update_tap();
     }
-    if (r.status == dataplane::ForwardStatus::kQueueStopped && !stop_reported_) {
-      stop_reported_ = true;
-      owner_.post([owner = &owner_, id = owner_port_, pair = p_.pair] {
-        owner->runner_stopped(id, static_cast<uint16_t>(pair));
-      });
-    }
+    if (r.status == dataplane::ForwardStatus::kQueueStopped) report_stopped();
     return;
   }
   p_.rx_pending = true;

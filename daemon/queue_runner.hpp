@@ -9,10 +9,12 @@
 //
 // The owner takes the pair back, synchronously, before it acts on anything the pair uses
 // (any vhost-user message, session close, detach, tx-rate=): the remote stops serving it,
-// drains its io_uring (no write reads guest memory afterwards), removes its fds from its
-// epoll and adds its last counts; only then does take_back() return. The owner lends it out
-// again once both rings of the pair run. Only the pair moves: nothing is allocated or locked
-// per frame on either side.
+// removes its fds from its epoll and adds its last counts; only then does take_back()
+// return. Writes still in flight in the pair's io_uring go home with it, as on a pair that
+// never left: the owner drains them where a ring stops (GET_VRING_BASE, SET_MEM_TABLE, reset
+// and session end all stop the rings first), so no write reads guest memory after that. The owner
+// lends it out again once both rings of the pair run. Only the pair moves: nothing is allocated or
+// locked per frame on either side.
 
 #include <cstdint>
 #include <memory>
@@ -72,6 +74,8 @@ class QueueRunner {
   void stop();
   void run_tx();
   void run_rx();
+  /// A ring of the pair broke: tells the owner once (a post, never a wait).
+  void report_stopped();
   void update_tap();
   void mark_pending();
   /// Adds this wake-up's counts to the endpoint's (atomic adds: the owner adds too).

@@ -501,7 +501,7 @@ void VhostUserPort::publish_queue_counts(PortStatus& status) {
 void VhostUserPort::drain_tx_uring(uint32_t p) {
   Pair& pair = pairs_[p];
   if (!pair.tx_uring) return;
-  const ShareCounts share(local_, pair);
+  const ShareCounts share(local_, pair.counts);
   if (!pair.tx_uring->idle()) {
     vhost::Vring& v = backend_->vring(2 * p + 1);
     std::visit([&](auto& q) { dataplane::drain_tx_uring(q, *pair.tx_uring, v.call.get(), local_); },
@@ -520,7 +520,7 @@ void VhostUserPort::run_tx(uint32_t p) {
   if (!pair.tx_running && !pair.tx_discarding) return;
   vhost::Vring& v = backend_->vring(2 * p + 1);
   pair.tx_pending = false;
-  const ShareCounts share(local_, pair);
+  const ShareCounts share(local_, pair.counts);
   dataplane::TxUring* uring = pair.tx_discarding ? nullptr : pair.tx_uring.get();
   // tx-rate=: refilled once per pass; a disabled ring discards without a limit.
   dataplane::TxBucket* bucket = nullptr;
@@ -529,31 +529,10 @@ void VhostUserPort::run_tx(uint32_t p) {
     bucket = &tx_bucket_;
   }
   // A write the kernel parked completes later: watch the ring's fd until it has.
-  struct WatchCompletions {
-    Pair& pair;
-    dataplane::TxUring* uring;
-    ~WatchCompletions() {
-      if (uring) pair.uring_interest.set(uring->in_flight() > 0 ? uint32_t{EPOLLIN} : 0u);
-    }
-  } watch{pair, uring};
+  const WatchCompletions watch(pair.uring_interest, uring);
   for (int round = 0; round < kRoundsPerWake; ++round) {
-    const dataplane::ForwardResult r = std::visit(
-        [&](auto& q) {
-          const uint64_t logged = q.counters().dirty_pages_logged;
-          dataplane::ForwardResult result;
-          if (pair.tx_discarding) {
-            result = dataplane::discard_tx(q, v.call.get(), session_, worker().scratch(), local_);
-          } else if (uring) {
-            result = dataplane::forward_tx_uring(q, *uring, pair.tap.fd(), v.call.get(), session_,
-                                                 worker().scratch(), local_, bucket);
-          } else {
-            result = dataplane::forward_tx(q, pair.tap.fd(), v.call.get(), session_,
-                                           worker().scratch(), local_, bucket);
-          }
-          local_.dirty_pages_logged += q.counters().dirty_pages_logged - logged;
-          return result;
-        },
-        v.queue);
+    const dataplane::ForwardResult r = tx_pass(v, pair.tap.fd(), pair.tx_discarding, uring,
+                                               session_, worker().scratch(), local_, bucket);
     if (r.status == dataplane::ForwardStatus::kBudget) continue;
     if (r.status == dataplane::ForwardStatus::kTapFull) {
       pair.tx_blocked = true;
@@ -572,18 +551,10 @@ void VhostUserPort::run_rx(uint32_t p) {
   if (!pair.rx_running) return;
   vhost::Vring& v = backend_->vring(2 * p);
   pair.rx_pending = false;
-  const ShareCounts share(local_, pair);
+  const ShareCounts share(local_, pair.counts);
   for (int round = 0; round < kRoundsPerWake; ++round) {
-    const dataplane::ForwardResult r = std::visit(
-        [&](auto& q) {
-          // The queue counts the pages it marks (dirty logging); the endpoint's stats too.
-          const uint64_t logged = q.counters().dirty_pages_logged;
-          const dataplane::ForwardResult result = dataplane::forward_rx(
-              q, pair.tap.fd(), v.call.get(), session_, worker().scratch(), local_, &pair.rx_hold);
-          local_.dirty_pages_logged += q.counters().dirty_pages_logged - logged;
-          return result;
-        },
-        v.queue);
+    const dataplane::ForwardResult r =
+        rx_pass(v, pair.tap.fd(), session_, worker().scratch(), local_, &pair.rx_hold);
     if (r.status == dataplane::ForwardStatus::kBudget) continue;
     if (r.status == dataplane::ForwardStatus::kNoBuffers) {
       pair.rx_paused = true;  // until the guest kicks with new buffers

@@ -21,6 +21,7 @@
 
 #include "daemon/port.hpp"
 #include "daemon/queue_runner.hpp"
+#include "daemon/ring_pass.hpp"
 #include "dataplane/forward.hpp"
 #include "dataplane/tx_uring.hpp"
 #include "net/mac.hpp"
@@ -85,24 +86,6 @@ class VhostUserPort final : public Port, public vhost::Device {
     bool lent = false;
   };
 
-  // Adds to `pair`'s share what the endpoint's local_ counts gain while it lives (one pass
-  // over one of the pair's rings).
-  class ShareCounts {
-   public:
-    ShareCounts(const dataplane::NetCounters& local, Pair& pair) noexcept
-        : local_(local), pair_(pair), before_(dataplane::queue_counts(local)) {}
-    ~ShareCounts() {
-      dataplane::add_difference(pair_.counts, dataplane::queue_counts(local_), before_);
-    }
-    ShareCounts(const ShareCounts&) = delete;
-    ShareCounts& operator=(const ShareCounts&) = delete;
-
-   private:
-    const dataplane::NetCounters& local_;
-    Pair& pair_;
-    dataplane::QueueCounts before_;
-  };
-
   // SPEC: virtio 1.2 §5.1.2: receiveqN is virtqueue 2(N-1), transmitqN is 2(N-1)+1.
   static constexpr bool is_rx(uint32_t index) { return index % 2 == 0; }
   uint32_t pairs() const { return static_cast<uint32_t>(pairs_.size()); }
@@ -158,8 +141,10 @@ class VhostUserPort final : public Port, public vhost::Device {
   void resume_throttled_tx();
 
   net::Mac guest_mac_;
-  std::vector<Pair> pairs_;
   std::unique_ptr<vhost::Backend> backend_;
+  // After backend_, so destroyed before it: a pair still lent out is taken back while the
+  // rings its runner uses exist.
+  std::vector<Pair> pairs_;
   Interest conn_;  // the session's socket
   std::array<std::byte, 12> config_space_{};
   dataplane::NetSession session_;

@@ -156,13 +156,28 @@ Worker::~Worker() {
   thread_.join();
 }
 
-void Worker::post(std::function<void()> fn) {
-  {
-    std::lock_guard lock(commands_mutex_);
-    commands_.push_back(std::move(fn));
-  }
+namespace {
+
+/// Wakes the epoll that watches eventfd `fd`.
+void wake(int fd) noexcept {
   const uint64_t one = 1;
-  (void)!::write(wake_.get(), &one, sizeof one);
+  (void)!::write(fd, &one, sizeof one);
+}
+
+/// Queues `fn` under `mutex` and wakes the worker through `fd`.
+void enqueue(std::mutex& mutex, std::deque<std::function<void()>>& queue, int fd,
+             std::function<void()> fn) {
+  {
+    std::lock_guard lock(mutex);
+    queue.push_back(std::move(fn));
+  }
+  wake(fd);
+}
+
+}  // namespace
+
+void Worker::post(std::function<void()> fn) {
+  enqueue(commands_mutex_, commands_, wake_.get(), std::move(fn));
 }
 
 void Worker::detach_all() {
@@ -177,12 +192,7 @@ void Worker::detach_all() {
 }
 
 void Worker::peer_post(std::function<void()> fn) {
-  {
-    std::lock_guard lock(peer_mutex_);
-    peer_commands_.push_back(std::move(fn));
-  }
-  const uint64_t one = 1;
-  (void)!::write(peer_wake_.get(), &one, sizeof one);
+  enqueue(peer_mutex_, peer_commands_, peer_wake_.get(), std::move(fn));
 }
 
 void Worker::peer_call(Worker& caller, std::function<void()> fn) {
@@ -192,8 +202,7 @@ void Worker::peer_call(Worker& caller, std::function<void()> fn) {
   peer_post([&fn, &done, w = &caller] {
     fn();
     done.store(true, std::memory_order_release);
-    const uint64_t one = 1;
-    (void)!::write(w->peer_wake_.get(), &one, sizeof one);
+    wake(w->peer_wake_.get());
   });
   // The deadlock rule (see the header): only peer commands are served while waiting.
   while (!done.load(std::memory_order_acquire)) {

@@ -43,8 +43,8 @@ void count_header_fault(TxHeaderFault fault, NetCounters& c) noexcept {
 }
 
 /// Checks one chain and writes its frame to the TAP.
-TxOutcome send_one(const virtio::Chain& chain, int tap_fd, const NetSession& s,
-                   NetScratch& scratch, NetCounters& c) noexcept {
+TxOutcome send_one(const virtio::Chain& chain, int tap_fd, const NetSession& s, NetScratch& scratch,
+                   NetCounters& c) noexcept {
   const detail::TxFrame frame = detail::check_tx_frame(chain, s, scratch.tx_header(), c);
   if (!frame.ok) return TxOutcome::kDropped;
   return detail::write_tx_frame(frame, tap_fd, scratch.tx_header(), c, scratch.tx_flat());
