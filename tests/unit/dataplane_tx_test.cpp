@@ -158,7 +158,8 @@ TYPED_TEST(DataplaneTx, frames_either_side_of_the_flat_copy_size_are_sent_whole)
   const std::size_t flat = NetScratch::kTxFlatSize;
   std::vector<Bytes> sent;
   for (const std::size_t total : {flat - 1, flat, flat + 1, std::size_t{9000}}) {
-    sent.push_back(test::concat(test::net_hdr(12), test::eth_frame(total - 12, static_cast<int>(total))));
+    sent.push_back(
+        test::concat(test::net_hdr(12), test::eth_frame(total - 12, static_cast<int>(total))));
     this->offer(sent.back(), {5, 700, 1000});  // header split, the frame in three more
   }
   EXPECT_EQ(this->forward().frames, 4u);
